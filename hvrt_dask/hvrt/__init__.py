@@ -1,0 +1,1 @@
+"""HVRT on Dask: partition tree, partition-aligned chunks, expand() and reduce()."""
