@@ -1,0 +1,125 @@
+"""Per-chunk prepared contexts, built on the workers and cached on the fitted model.
+
+One ``map_blocks(..., dtype=object)`` over the grouped z-space data calls
+``strategy.prepare(Xz_chunk, table, params)`` once per chunk. The result is a dask object
+array of shape ``(n_chunks, 1)`` with chunks ``((1,) * n_chunks, (1,))``, so it lines up
+block-for-block with ``grouped_.X`` / ``grouped_.Xz`` (one column chunk) in a later
+``map_blocks``. It is persisted (on the cluster when a client is active) and cached on the
+model, keyed by ``(kind, strategy.name, id(type(strategy)), frozen params, columns)``; a
+second call with the same key returns the cached array without running ``prepare``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from hvrt_dask.hvrt._chunks import ChunkPartitions
+
+COLUMNS = ("continuous", "all")
+
+
+def freeze(value: Any) -> Any:
+    """A hashable, order-independent version of a params value (for cache keys)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass
+class ContextEntry:
+    """A cached set of per-chunk contexts.
+
+    ``array`` is the persisted dask object array; ``local`` holds the same contexts as a
+    list when the model works in memory (so in-memory expands never build a graph).
+    """
+
+    array: da.Array
+    local: list[Any] | None = None
+
+
+def _one(obj: Any) -> np.ndarray:
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = obj
+    return out
+
+
+def _prepare_block(
+    Z: np.ndarray,
+    strategy: Any,
+    params: Mapping[str, Any],
+    tables: list[ChunkPartitions],
+    cols: np.ndarray | None,
+    block_id: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    table = tables[block_id[0]]
+    Zc = Z if cols is None else np.ascontiguousarray(Z[:, cols])
+    return _one(strategy.prepare(Zc, table, params))
+
+
+def context_key(kind: str, strategy: Any, params: Mapping[str, Any], columns: str) -> tuple:
+    return (kind, strategy.name, id(type(strategy)), freeze(dict(params)), columns)
+
+
+def chunk_contexts(
+    model: Any, kind: str, strategy: Any, params: Mapping[str, Any], columns: str
+) -> ContextEntry:
+    """Build (or fetch from the model's cache) one prepared context per chunk.
+
+    Parameters
+    ----------
+    model : fitted estimator
+        Must have ``grouped_`` and a ``_context_cache_`` dict.
+    kind : str
+        Namespace of the cache (``"generate"``, ``"select"``, ...).
+    strategy : object
+        Has ``name`` and ``prepare(Xz, parts, params)``.
+    params : mapping
+        The strategy's options; part of the cache key.
+    columns : {"continuous", "all"}
+        Which z-space columns ``prepare`` sees.
+    """
+    if columns not in COLUMNS:
+        raise ValueError(f"columns must be one of {COLUMNS}, got {columns!r}")
+    key = context_key(kind, strategy, params, columns)
+    cache: dict = model._context_cache_
+    if key in cache:
+        return cache[key]
+    g = model.grouped_
+    cols = g.cont_cols if columns == "continuous" else None
+    params = dict(params)
+    nb = g.n_chunks
+    if g.local is not None:
+        local = []
+        for c in range(nb):
+            Z = g.local["Xz"][c]
+            Zc = Z if cols is None else np.ascontiguousarray(Z[:, cols])
+            local.append(strategy.prepare(Zc, g.tables[c], params))
+        arr = np.empty((nb, 1), dtype=object)
+        for c, ctx in enumerate(local):
+            arr[c, 0] = ctx
+        entry = ContextEntry(da.from_array(arr, chunks=(1, 1), name=False), local)
+    else:
+        arr = g.Xz.map_blocks(
+            _prepare_block,
+            strategy,
+            params,
+            list(g.tables),
+            cols,
+            dtype=object,
+            chunks=((1,) * nb, (1,)),
+            meta=np.empty((0, 0), dtype=object),
+        )
+        entry = ContextEntry(arr.persist())
+    cache[key] = entry
+    return entry

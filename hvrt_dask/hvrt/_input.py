@@ -1,0 +1,342 @@
+"""Input coercion and output conversion.
+
+Every supported input kind (numpy, pandas, dask array, dask DataFrame, Zarr array or path,
+xarray DataArray) becomes a float64 array of *codes* plus an :class:`InputSpec` that
+remembers what came in: the kind, column names, per-column dtypes, feature types and the
+category labels of non-numeric categorical columns. :func:`to_output` turns a result in
+original units back into the input's kind.
+
+In-memory inputs (numpy, pandas) stay numpy so small problems never pay for a task graph;
+everything else becomes a lazy dask array with a single column chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+LAZY_KINDS = ("dask", "dask_dataframe", "zarr", "xarray")
+_FEATURE_TYPES = ("continuous", "categorical")
+
+
+@dataclass
+class InputSpec:
+    """What the training input looked like (used to mirror it on output).
+
+    Attributes
+    ----------
+    kind : str
+        One of ``"numpy"``, ``"pandas"``, ``"dask"``, ``"dask_dataframe"``, ``"zarr"``,
+        ``"xarray"``.
+    columns : list of str
+        Column names (``"x0"``, ``"x1"``, ... when the input had none).
+    has_names : bool
+        Whether the input carried column names (pandas, dask DataFrame, xarray coords).
+    dtypes : list of numpy.dtype
+        Original per-column dtypes (``object`` for non-numeric categoricals).
+    feature_types : list of str
+        ``"continuous"`` or ``"categorical"`` per column.
+    categories : dict of int to ndarray
+        For non-numeric categorical columns: the labels, indexed by code.
+    pandas_dtypes : list, optional
+        The exact pandas dtypes (``category``, nullable ints, ...) to restore on output.
+    """
+
+    kind: str
+    columns: list[str]
+    has_names: bool
+    dtypes: list[np.dtype]
+    feature_types: list[str]
+    categories: dict[int, np.ndarray] = field(default_factory=dict)
+    pandas_dtypes: list[Any] | None = None
+
+    @property
+    def n_features(self) -> int:
+        return len(self.columns)
+
+    @property
+    def lazy(self) -> bool:
+        return self.kind in LAZY_KINDS
+
+    @property
+    def integer_mask(self) -> np.ndarray:
+        return np.array([np.issubdtype(dt, np.integer) or dt == np.bool_ for dt in self.dtypes])
+
+
+def _check_feature_types(feature_types: Sequence[str] | None, d: int) -> list[str]:
+    if feature_types is None:
+        return ["continuous"] * d
+    if isinstance(feature_types, str):
+        raise TypeError("feature_types must be a list with one entry per column, not a string")
+    ft = list(feature_types)
+    if len(ft) != d:
+        raise ValueError(f"feature_types has {len(ft)} entries but X has {d} columns")
+    for j, t in enumerate(ft):
+        if t not in _FEATURE_TYPES:
+            raise ValueError(
+                f"feature_types[{j}] = {t!r}; expected 'continuous' or 'categorical'"
+            )
+    return ft
+
+
+def _is_numeric(dt: np.dtype) -> bool:
+    return np.issubdtype(dt, np.number) or dt == np.bool_
+
+
+def _encode_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..K-1 in lexicographic order of the string form (as the reference does)."""
+    uniq = np.unique(values.astype(str))
+    codes = np.searchsorted(uniq, values.astype(str)).astype(np.float64)
+    return codes, uniq
+
+
+def _from_pandas(X, feature_types) -> tuple[np.ndarray, InputSpec]:
+    import pandas as pd
+
+    columns = [str(c) for c in X.columns]
+    d = len(columns)
+    ft = _check_feature_types(feature_types, d)
+    out = np.empty((len(X), d), dtype=np.float64)
+    dtypes: list[np.dtype] = []
+    categories: dict[int, np.ndarray] = {}
+    for j, name in enumerate(X.columns):
+        col = X[name]
+        pd_dt = col.dtype
+        if isinstance(pd_dt, pd.CategoricalDtype) or not _pandas_numeric(pd_dt):
+            if ft[j] != "categorical":
+                raise TypeError(
+                    f"column {columns[j]!r} is non-numeric ({pd_dt}); mark it 'categorical' "
+                    "in feature_types or encode it numerically"
+                )
+            vals = col.astype(object).to_numpy()
+            if pd.isna(vals).any():
+                raise ValueError(f"column {columns[j]!r} contains missing values")
+            out[:, j], categories[j] = _encode_labels(vals)
+            dtypes.append(np.dtype(object))
+        else:
+            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            out[:, j] = vals
+            dtypes.append(np.dtype(pd_dt.numpy_dtype) if hasattr(pd_dt, "numpy_dtype") else np.dtype(pd_dt))
+    spec = InputSpec("pandas", columns, True, dtypes, ft, categories, list(X.dtypes))
+    return out, spec
+
+
+def _pandas_numeric(dt) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
+
+
+def _numeric_dask(arr: da.Array, kind: str, feature_types, columns=None, has_names=False):
+    if arr.ndim != 2:
+        raise ValueError(f"X must be 2-dimensional, got shape {arr.shape}")
+    if not _is_numeric(arr.dtype):
+        raise TypeError(
+            f"X has non-numeric dtype {arr.dtype}; encode categoricals numerically "
+            "(or pass a pandas DataFrame with feature_types)"
+        )
+    d = arr.shape[1]
+    ft = _check_feature_types(feature_types, d)
+    cols = columns if columns is not None else [f"x{j}" for j in range(d)]
+    spec = InputSpec(kind, list(cols), has_names, [np.dtype(arr.dtype)] * d, ft)
+    return arr.astype(np.float64).rechunk({1: -1}), spec
+
+
+def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[Any, InputSpec]:
+    """Return ``(values, spec)``: float64 values (numpy for in-memory inputs, else dask).
+
+    Raises
+    ------
+    TypeError
+        Unsupported input type, or non-numeric columns without ``feature_types``.
+    ValueError
+        Wrong dimensionality or a ``feature_types`` list of the wrong length.
+    """
+    import pandas as pd
+
+    if isinstance(X, pd.DataFrame):
+        return _from_pandas(X, feature_types)
+    if isinstance(X, pd.Series):
+        raise ValueError("X must be 2-dimensional; got a pandas Series (use X.to_frame())")
+    if isinstance(X, da.Array):
+        return _numeric_dask(X, "dask", feature_types)
+    try:
+        import dask.dataframe as dd
+
+        if isinstance(X, dd.DataFrame):
+            cols = [str(c) for c in X.columns]
+            for c, dt in zip(cols, X.dtypes):
+                if not _pandas_numeric(dt):
+                    raise TypeError(
+                        f"column {c!r} is non-numeric ({dt}); dask DataFrame inputs need "
+                        "numeric (coded) categoricals"
+                    )
+            arr = X.to_dask_array(lengths=True)
+            values, spec = _numeric_dask(arr, "dask_dataframe", feature_types, cols, True)
+            spec.dtypes = [np.dtype(dt) for dt in X.dtypes]
+            return values, spec
+    except ImportError:  # pragma: no cover - dask[dataframe] is a pinned dependency
+        pass
+    try:
+        import xarray as xr
+
+        if isinstance(X, xr.DataArray):
+            if X.ndim != 2:
+                raise ValueError(f"X must be 2-dimensional, got dims {X.dims}")
+            data = X.data if isinstance(X.data, da.Array) else da.from_array(np.asarray(X.data))
+            coord = X.dims[1]
+            names = [str(v) for v in X[coord].values] if coord in X.coords else None
+            return _numeric_dask(data, "xarray", feature_types, names, names is not None)
+    except ImportError:  # pragma: no cover
+        pass
+    import zarr
+
+    if isinstance(X, (str, os.PathLike)):
+        path = os.fspath(X)
+        if not os.path.exists(path):
+            raise ValueError(f"Zarr path {path!r} does not exist")
+        try:
+            X = zarr.open_array(path, mode="r")
+        except Exception as exc:
+            raise ValueError(f"{path!r} is not a Zarr array: {exc}") from None
+    if isinstance(X, zarr.Array):
+        return _numeric_dask(da.from_zarr(X), "zarr", feature_types)
+    if isinstance(X, (list, tuple)) or isinstance(X, np.ndarray):
+        arr = np.asarray(X)
+        if arr.ndim != 2:
+            raise ValueError(f"X must be 2-dimensional, got shape {arr.shape}")
+        if not _is_numeric(arr.dtype):
+            raise TypeError(
+                f"X has non-numeric dtype {arr.dtype}; encode categoricals numerically "
+                "or pass a pandas DataFrame with feature_types"
+            )
+        d = arr.shape[1]
+        ft = _check_feature_types(feature_types, d)
+        spec = InputSpec("numpy", [f"x{j}" for j in range(d)], False, [arr.dtype] * d, ft)
+        return np.asarray(arr, dtype=np.float64), spec
+    raise TypeError(
+        f"unsupported input type {type(X).__name__}; expected a numpy array, pandas or dask "
+        "DataFrame, dask array, Zarr array or path, or xarray DataArray"
+    )
+
+
+def coerce_like(X: Any, spec: InputSpec) -> Any:
+    """Coerce external data ``X`` to the fitted column layout (names matched when known).
+
+    Raises ``ValueError`` naming the missing columns or the column-count mismatch.
+    """
+    import pandas as pd
+
+    if isinstance(X, pd.DataFrame) and spec.has_names:
+        missing = [c for c in spec.columns if c not in [str(c2) for c2 in X.columns]]
+        if missing:
+            raise ValueError(f"X is missing the fitted columns {missing}")
+        X = X.rename(columns=str)[spec.columns]
+    values, new = coerce_input(X, spec.feature_types if _ncols(X) == spec.n_features else None)
+    if new.n_features != spec.n_features:
+        raise ValueError(f"X has {new.n_features} columns but the model was fitted on {spec.n_features}")
+    for j, cats in spec.categories.items():
+        if j in new.categories:  # re-map labels onto the fitted codes
+            labels = new.categories[j][values[:, j].astype(np.int64)]
+            pos = np.searchsorted(cats, labels)
+            bad = (pos >= len(cats)) | (cats[np.minimum(pos, len(cats) - 1)] != labels)
+            if bad.any():
+                raise ValueError(f"column {spec.columns[j]!r} has unseen categories {sorted(set(labels[bad]))[:5]}")
+            values[:, j] = pos
+    return values
+
+
+def _ncols(X) -> int:
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) == 2:
+        return int(shape[1])
+    return -1
+
+
+def restore_dtypes_block(block: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Round integer and categorical columns of a float block (codes stay numeric)."""
+    mask = spec.integer_mask | np.array([t == "categorical" for t in spec.feature_types])
+    if mask.any():
+        block = block.copy()
+        block[:, mask] = np.rint(block[:, mask])
+    return block
+
+
+def _numeric_out_dtype(spec: InputSpec) -> np.dtype:
+    kinds = {dt for dt in spec.dtypes}
+    if len(kinds) == 1 and _is_numeric(next(iter(kinds))):
+        return next(iter(kinds))
+    return np.dtype(np.float64)
+
+
+def to_output(arr: Any, spec: InputSpec, output: str | os.PathLike | None = None) -> Any:
+    """Convert a result in original units (float, original column order) to the input's kind.
+
+    Parameters
+    ----------
+    arr : ndarray or dask array, shape (N, d)
+    spec : InputSpec
+    output : str or path, optional
+        Write the result to a new Zarr array at this path (chunks aligned with the dask
+        chunks) and return the opened Zarr array.
+    """
+    arr = arr if isinstance(arr, da.Array) else np.asarray(arr)
+    if output is not None:
+        import zarr
+
+        darr = arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=(max(1, min(len(arr), 100_000)), -1))
+        darr = darr.map_blocks(restore_dtypes_block, spec, dtype=np.float64)
+        dt = _numeric_out_dtype(spec)
+        darr = darr.astype(dt)
+        # One zarr chunk per (uniform) dask chunk: writes must line up with chunks.
+        rows = max(1, darr.chunks[0][0]) if darr.shape[0] else 1
+        darr = darr.rechunk((rows, -1))
+        z = zarr.create_array(
+            os.fspath(output), shape=darr.shape, chunks=(rows, darr.shape[1]), dtype=dt, overwrite=False
+        )
+        da.store(darr, z, lock=False)
+        return zarr.open_array(os.fspath(output), mode="r")
+    if spec.kind in ("numpy", "pandas"):
+        out = np.asarray(arr.compute() if isinstance(arr, da.Array) else arr)
+        out = restore_dtypes_block(out, spec)
+        if spec.kind == "numpy":
+            return out.astype(_numeric_out_dtype(spec), copy=False)
+        return _to_pandas(out, spec)
+    darr = arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=(max(1, min(len(arr), 100_000)), -1))
+    darr = darr.map_blocks(restore_dtypes_block, spec, dtype=np.float64).astype(_numeric_out_dtype(spec))
+    if spec.kind == "dask_dataframe":
+        import dask.dataframe as dd
+
+        df = dd.from_dask_array(darr, columns=spec.columns)
+        return df.astype({c: dt for c, dt in zip(spec.columns, spec.dtypes)})
+    if spec.kind == "xarray":
+        import xarray as xr
+
+        return xr.DataArray(darr, dims=("sample", "feature"), coords={"feature": spec.columns} if spec.has_names else None)
+    return darr
+
+
+def _to_pandas(out: np.ndarray, spec: InputSpec):
+    import pandas as pd
+
+    data = {}
+    for j, name in enumerate(spec.columns):
+        col = out[:, j]
+        if j in spec.categories:
+            cats = spec.categories[j]
+            vals = cats[np.clip(col.astype(np.int64), 0, len(cats) - 1)]
+            s = pd.Series(vals, name=name)
+        else:
+            s = pd.Series(col.astype(spec.dtypes[j]) if _is_numeric(spec.dtypes[j]) else col, name=name)
+        if spec.pandas_dtypes is not None:
+            try:
+                s = s.astype(spec.pandas_dtypes[j])
+            except (TypeError, ValueError):
+                pass
+        data[name] = s
+    return pd.DataFrame(data)

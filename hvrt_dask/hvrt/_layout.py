@@ -1,0 +1,157 @@
+"""Partitions become chunks: group rows by partition with a Dask shuffle.
+
+Partitions are packed, in sorted partition-id order, into chunks of at most
+``hvrt.chunks.target-rows`` rows (a partition larger than that gets a chunk of its own).
+Inside a chunk, partitions are contiguous and in sorted-id order, and a partition's rows
+keep their original relative order. So the concatenation of all chunks is the same
+"canonical" row order whatever the chunk size — which is what makes generated output
+independent of chunking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dask.array as da
+import numpy as np
+
+from hvrt_dask import config
+from hvrt_dask.hvrt._chunks import ChunkPartitions
+
+
+@dataclass
+class GroupedData:
+    """Training rows grouped so that each partition lies inside one chunk.
+
+    Attributes
+    ----------
+    X : dask array, float64, shape (n, d)
+        Raw values (original units and column order; categorical codes), grouped rows.
+    Xz : dask array, float64, shape (n, d)
+        z-space, columns ``[continuous | categorical]``, same row chunks as ``X``.
+    rows : dask array, int64, shape (n,)
+        Original 0-based global row index of every grouped row.
+    tables : list of ChunkPartitions
+        One per chunk.
+    cont_cols : ndarray of int
+        Indices of the continuous columns inside ``Xz`` (``0..d_cont-1``).
+    part_chunk : ndarray of int64
+        For each entry of ``unique_partitions_``, the chunk holding it.
+    part_index : list of ndarray
+        For each chunk, the positions (in ``unique_partitions_``) of its partitions.
+    """
+
+    X: da.Array
+    Xz: da.Array
+    rows: da.Array
+    tables: list[ChunkPartitions]
+    cont_cols: np.ndarray
+    part_chunk: np.ndarray
+    part_index: list[np.ndarray] = field(default_factory=list)
+    local: dict[str, list[np.ndarray]] | None = None  # numpy blocks for in-memory inputs
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.tables)
+
+    @property
+    def row_chunks(self) -> tuple[int, ...]:
+        return tuple(int(t.n_rows) for t in self.tables)
+
+
+def target_rows() -> int:
+    return int(config.get("chunks.target-rows", 100_000))
+
+
+def pack_partitions(sizes: np.ndarray, target: int) -> list[np.ndarray]:
+    """Greedy packing of consecutive partitions into chunks of at most ``target`` rows.
+
+    Returns, per chunk, the positions of its partitions (in the order of ``sizes``).
+    A partition larger than ``target`` forms a chunk on its own.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    groups: list[np.ndarray] = []
+    start, acc = 0, 0
+    for i, s in enumerate(sizes):
+        if acc and acc + s > target:
+            groups.append(np.arange(start, i))
+            start, acc = i, 0
+        acc += int(s)
+    if len(sizes):
+        groups.append(np.arange(start, len(sizes)))
+    return groups
+
+
+def group_rows(
+    X: Any,
+    leaves: np.ndarray,
+    unique: np.ndarray,
+    sizes: np.ndarray,
+    to_z: Callable[[np.ndarray], np.ndarray],
+    cont_cols: np.ndarray,
+    target: int | None = None,
+    persist: bool = False,
+) -> GroupedData:
+    """Group the rows of ``X`` (numpy or dask) by partition into partition-aligned chunks.
+
+    Parameters
+    ----------
+    X : ndarray or dask array, shape (n, d)
+        Raw float64 values, one column chunk.
+    leaves : ndarray of int64, shape (n,)
+        Partition id of every row.
+    unique, sizes : ndarray
+        Sorted partition ids and their sizes.
+    to_z : callable
+        Block-wise transform raw → z-space ``[continuous | categorical]``.
+    target : int, optional
+        Rows per chunk (default ``hvrt.chunks.target-rows``).
+    persist : bool
+        Persist the grouped arrays (when a distributed client is active).
+    """
+    target = target_rows() if target is None else int(target)
+    pos = np.searchsorted(unique, leaves)
+    order = np.argsort(pos, kind="stable").astype(np.int64)  # canonical order
+    groups = pack_partitions(sizes, target)
+    chunk_sizes = [int(sizes[g].sum()) for g in groups]
+    tables = [ChunkPartitions.from_sizes(unique[g], sizes[g]) for g in groups]
+    part_chunk = np.empty(len(unique), dtype=np.int64)
+    for c, g in enumerate(groups):
+        part_chunk[g] = c
+    bounds = np.concatenate([[0], np.cumsum(chunk_sizes)]).astype(np.int64)
+
+    if isinstance(X, da.Array):
+        indexer = [order[bounds[c] : bounds[c + 1]].tolist() for c in range(len(groups))]
+        Xg = da.shuffle(X, indexer, axis=0).rechunk({1: -1})
+        if tuple(Xg.chunks[0]) != tuple(chunk_sizes):
+            # The shuffle is free to merge groups; keep our exact partition tables.
+            Xg = Xg.rechunk({0: tuple(chunk_sizes)})
+        Xz = Xg.map_blocks(to_z, dtype=np.float64)
+        rows = da.from_array(order, chunks=(tuple(chunk_sizes),))
+        local = None
+        if persist:
+            Xg, Xz, rows = da.persist(Xg, Xz, rows)
+    else:
+        Xs = np.asarray(X)[order]
+        Zs = to_z(Xs)
+        blocks = [(bounds[c], bounds[c + 1]) for c in range(len(groups))]
+        local = {
+            "X": [Xs[a:b] for a, b in blocks],
+            "Xz": [Zs[a:b] for a, b in blocks],
+            "rows": [order[a:b] for a, b in blocks],
+        }
+        rc = (tuple(chunk_sizes), (Xs.shape[1],))
+        Xg = da.from_array(Xs, chunks=rc, name=False)
+        Xz = da.from_array(Zs, chunks=rc, name=False)
+        rows = da.from_array(order, chunks=(tuple(chunk_sizes),), name=False)
+    return GroupedData(
+        X=Xg,
+        Xz=Xz,
+        rows=rows,
+        tables=tables,
+        cont_cols=np.asarray(cont_cols, dtype=np.int64),
+        part_chunk=part_chunk,
+        part_index=[np.asarray(g, dtype=np.int64) for g in groups],
+        local=local,
+    )
