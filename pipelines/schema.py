@@ -328,9 +328,8 @@ def build_section(name: str, raw: Any, source: str) -> Any:
                     f"{source}: {name}.{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
                 )
             kwargs[k] = value
-        elif has_extra and (engine_params is None or k in engine_params):
-            # Engine parameter this schema does not type; the engine signature vouches for it
-            # (when the engine is not importable yet, it is checked at run time by the call).
+        elif has_extra and engine_params is not None and k in engine_params:
+            # An engine parameter this schema does not type; the engine signature vouches for it.
             extra[k] = value
         else:
             known = sorted(f for f in fields if f != "extra")

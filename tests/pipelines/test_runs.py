@@ -1,0 +1,168 @@
+"""Run directories: run.json contents, lock → exit 3, finished runs not redone, --force, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipelines import runs
+from pipelines.schema import load_config
+
+
+def make_cfg(tmp_path, text=None):
+    p = tmp_path / "pipe.yaml"
+    p.write_text(textwrap.dedent(text or f"""
+        run:
+          dir: {tmp_path / 'run'}
+          seed: 11
+        expand:
+          data: sklearn:load_wine
+          n: 50
+        reduce:
+          data: sklearn:load_wine
+          n: 20
+    """))
+    return load_config(str(p))
+
+
+class Recorder:
+    """A stage function doing real work on the cluster and recording its calls."""
+
+    def __init__(self, fail_on=None):
+        self.calls = []
+        self.fail_on = fail_on
+
+    def __call__(self, name, section, ctx):
+        self.calls.append((name, ctx.resume, ctx.overwrite))
+        if name == self.fail_on:
+            raise RuntimeError(f"boom in {name}")
+        total = ctx.client.submit(sum, range(section.n)).result()
+        assert total == section.n * (section.n - 1) // 2
+        return {"total": total}
+
+
+def test_run_json_contents(tmp_path, client):
+    cfg = make_cfg(tmp_path)
+    rec = Recorder()
+    lines = []
+    assert runs.execute(cfg, client=client, stage_fn=rec, echo=lines.append) == runs.EXIT_OK
+    data = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert data["status"] == "success" and data["exit_code"] == 0
+    assert data["seed"] == 11
+    assert data["config"]["expand"]["n"] == 50 and data["config"]["reduce"]["n"] == 20
+    assert data["versions"]["dask"] and data["versions"]["numpy"]
+    assert data["git"] is None or len(data["git"]["commit"]) == 40
+    assert data["start"] <= data["end"]
+    for s in ("expand", "reduce"):
+        st = data["stages"][s]
+        assert st["status"] == "success" and st["seconds"] >= 0 and st["start"] <= st["end"]
+    assert data["stages"]["expand"]["result"] == {"total": 50 * 49 // 2}
+    assert data["cluster"]["dashboard"] == client.dashboard_link
+    assert data["performance_report"] == "performance-report.html"
+    html = (tmp_path / "run" / "performance-report.html").read_text()
+    assert "<html" in html.lower() and len(html) > 10_000
+    assert any("Dask dashboard:" in line for line in lines)
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_finished_run_not_redone_then_force(tmp_path, client):
+    cfg = make_cfg(tmp_path)
+    rec = Recorder()
+    assert runs.execute(cfg, client=client, stage_fn=rec, echo=lambda m: None) == 0
+    assert len(rec.calls) == 2
+    lines = []
+    assert runs.execute(cfg, client=client, stage_fn=rec, echo=lines.append) == 0
+    assert len(rec.calls) == 2, "a finished run must not be redone"
+    assert any("already complete" in m for m in lines)
+    assert runs.execute(cfg, client=client, stage_fn=rec, force=True, echo=lambda m: None) == 0
+    assert rec.calls[2:] == [("expand", False, True), ("reduce", False, True)]
+    data = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert len(data["history"]) == 1  # the skipped re-run is not an attempt
+
+
+def test_failed_stage_resumes_and_skips_finished(tmp_path, client):
+    cfg = make_cfg(tmp_path)
+    rec = Recorder(fail_on="reduce")
+    assert runs.execute(cfg, client=client, stage_fn=rec, echo=lambda m: None) == runs.EXIT_FAILED
+    data = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert data["status"] == "failed" and data["exit_code"] == 1
+    assert data["stages"]["expand"]["status"] == "success"
+    assert data["stages"]["reduce"]["status"] == "failed" and "boom in reduce" in data["stages"]["reduce"]["error"]
+    rec2 = Recorder()
+    assert runs.execute(cfg, client=client, stage_fn=rec2, echo=lambda m: None) == 0
+    # expand is skipped; the interrupted reduce continues (resume, no overwrite)
+    assert rec2.calls == [("reduce", True, False)]
+
+
+def test_changed_config_redoes_stage(tmp_path, client):
+    cfg = make_cfg(tmp_path)
+    rec = Recorder()
+    runs.execute(cfg, client=client, stage_fn=rec, echo=lambda m: None)
+    cfg.reduce.n = 25
+    runs.execute(cfg, client=client, stage_fn=rec, echo=lambda m: None)
+    assert rec.calls[2:] == [("reduce", False, True)]
+
+
+def test_lock_held_by_live_process_exit_3(tmp_path, client):
+    cfg = make_cfg(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (run_dir / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "since": "x"}))
+        rec = Recorder()
+        lines = []
+        assert runs.execute(cfg, client=client, stage_fn=rec, echo=lines.append) == runs.EXIT_RUNNING
+        assert rec.calls == [] and "already running" in lines[-1]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder died: its lock is stale and taken over
+    rec = Recorder()
+    assert runs.execute(cfg, client=client, stage_fn=rec, echo=lambda m: None) == 0
+    assert len(rec.calls) == 2 and not (run_dir / ".lock").exists()
+
+
+def test_concurrent_cli_runs_one_gets_exit_3(tmp_path):
+    """Two real processes on the same run directory: the second exits 3 while the first holds it."""
+    import time
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"run:\n  dir: {tmp_path / 'run'}\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from pipelines.runs import run_lock
+            with run_lock({str(tmp_path / 'run')!r}):
+                print('locked', flush=True)
+                time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        os.makedirs(tmp_path / "run", exist_ok=True)
+        assert holder.stdout.readline().strip() == "locked"
+        cfg_path.write_text(f"run:\n  dir: {tmp_path / 'run'}\nexpand:\n  data: sklearn:load_wine\n  n: 10\n")
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-m", "pipelines", "expand", str(cfg_path)], capture_output=True, text=True)
+        assert out.returncode == runs.EXIT_RUNNING, out.stdout + out.stderr
+        assert "already running" in out.stdout
+        assert time.time() - t0 < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_bad_config_exit_2(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("expand:\n  data: x\n  n: 3\n  wrong: 1\n")
+    out = subprocess.run([sys.executable, "-m", "pipelines", "expand", str(p)], capture_output=True, text=True)
+    assert out.returncode == runs.EXIT_BAD_CONFIG
+    assert "expand.wrong" in out.stderr and str(p) in out.stderr
