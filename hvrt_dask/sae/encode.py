@@ -1,0 +1,198 @@
+"""Torch encoders for the SAELens architectures, batch-size resolution and OOM back-off.
+
+All math is float32 (TF32 disabled on CUDA), whatever the activation store dtype, so that
+results do not depend on the device beyond BLAS summation order.
+
+Encode semantics (SAELens): optional per-token input normalisation, ``x - b_dec`` when
+``apply_b_dec_to_input``, ``pre = x @ W_enc + b_enc``, then
+
+- standard: ``relu(pre)``
+- jumprelu: ``relu(pre)`` where ``pre > threshold`` (strict), else 0
+- topk: (``pre * ||W_dec row||`` if ``rescale_acts_by_decoder_norm``) keep the ``k`` largest
+  per token, ReLU them, zero the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from hvrt_dask.sae.weights import SAE
+
+log = logging.getLogger(__name__)
+
+#: Largest CPU batch, in tokens (bigger batches do not speed up the matmul, only cost RAM).
+CPU_MAX_TOKENS = 8192
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TorchEncoder:
+    """An SAE's encoder on one device (weights copied once; the :class:`SAE` is untouched).
+
+    Parameters
+    ----------
+    sae : SAE
+    device : str or torch.device, optional
+    """
+
+    def __init__(self, sae: SAE, device: str | torch.device | None = None):
+        self.sae = sae
+        self.device = resolve_device(device)
+        dev = self.device
+        if dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.W_enc = torch.tensor(sae.W_enc, device=dev)
+        self.b_enc = torch.tensor(sae.b_enc, device=dev)
+        self.b_dec = torch.tensor(sae.b_dec, device=dev)
+        self.threshold = torch.tensor(sae.threshold, device=dev) if sae.threshold is not None else None
+        self.dec_norm = (
+            torch.tensor(np.linalg.norm(sae.W_dec.astype(np.float64), axis=1).astype(np.float32), device=dev)
+            if sae.rescale_acts_by_decoder_norm
+            else None
+        )
+
+    @property
+    def d_sae(self) -> int:
+        return self.sae.d_sae
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalisation and ``b_dec`` subtraction (per token; ``x`` is ``[..., d_in]`` float32)."""
+        norm = self.sae.normalize_activations
+        if norm == "constant_norm_rescale":
+            n = x.norm(dim=-1, keepdim=True)
+            # zero vectors (padding) stay zero instead of becoming NaN
+            x = x * torch.where(n > 0, math.sqrt(self.sae.d_in) / n, torch.zeros_like(n))
+        elif norm == "layer_norm":
+            x = x - x.mean(dim=-1, keepdim=True)
+            x = x / (x.std(dim=-1, keepdim=True) + 1e-5)
+        if self.sae.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x
+
+    def activate(self, pre: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Nonlinearity on pre-activations (in place). ``features`` selects threshold columns.
+
+        Not valid for ``topk`` on a feature subset (needs all features of a token).
+        """
+        arch = self.sae.architecture
+        if arch == "standard":
+            return pre.relu_()
+        if arch == "jumprelu":
+            thr = self.threshold if features is None else self.threshold[features]
+            return pre.relu_().mul_(pre > thr)  # relu first: pre>thr is unchanged where pre>0
+        if features is not None:
+            raise ValueError("topk activations need every feature of a token")
+        if self.dec_norm is not None:
+            pre = pre * self.dec_norm
+        vals, idx = pre.topk(self.sae.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu_())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents ``[N, d_sae]`` (float32) of tokens ``x [N, d_in]`` (any float dtype, same device)."""
+        x = self.preprocess(x.to(self.device, torch.float32))
+        pre = torch.addmm(self.b_enc, x, self.W_enc)
+        return self.activate(pre)
+
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Latents of token rows ``x [E, W, d_in]`` for one feature per row ``features [E]``: ``[E, W]``.
+
+        Used by the context-window pass; for ``topk`` it falls back to a full encode.
+        """
+        x = x.to(self.device, torch.float32)
+        if self.sae.architecture == "topk":
+            e, w, d = x.shape
+            z = self.encode(x.reshape(e * w, d)).reshape(e, w, -1)
+            return z.gather(2, features.view(e, 1, 1).expand(e, w, 1)).squeeze(2)
+        xp = self.preprocess(x)
+        wcols = self.W_enc.index_select(1, features).T  # [E, d_in]
+        pre = torch.einsum("ewd,ed->ew", xp, wcols) + self.b_enc[features][:, None]
+        return self.activate(pre, features[:, None])
+
+
+def encode_numpy(sae: SAE, x: np.ndarray, device: str | None = "cpu") -> np.ndarray:
+    """Convenience: latents of ``x [..., d_in]`` as a float32 numpy array ``[..., d_sae]``."""
+    enc = TorchEncoder(sae, device)
+    x = np.asarray(x)
+    flat = torch.from_numpy(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32))
+    with torch.no_grad():
+        z = enc.encode(flat)
+    return z.cpu().numpy().reshape(*x.shape[:-1], sae.d_sae)
+
+
+def bytes_per_sample(seq_len: int, d_in: int, d_sae: int) -> int:
+    """Working memory of one sample in a device batch (latents + temporaries + inputs)."""
+    # latents f32, one bool mask/temporary of the same size, float64 stat blocks are bounded;
+    # plus float32 input copy and normalised input.
+    return seq_len * (d_sae * 4 * 3 + d_in * 4 * 3)
+
+
+def auto_batch_size(seq_len: int, d_in: int, d_sae: int, device: torch.device, fraction: float = 0.5) -> int:
+    """Samples per device step from free device memory (CUDA) or available RAM (CPU).
+
+    CUDA: ``fraction`` of ``torch.cuda.mem_get_info`` free bytes. CPU: ``fraction/4`` of
+    available RAM, capped at :data:`CPU_MAX_TOKENS` tokens (larger CPU batches only cost RAM).
+    """
+    per = bytes_per_sample(seq_len, d_in, d_sae)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        n = int(free * fraction // per)
+    else:
+        import psutil
+
+        n = int(psutil.virtual_memory().available * fraction / 4 // per)
+        n = min(n, max(1, CPU_MAX_TOKENS // seq_len))
+    n = max(1, n)
+    log.info("batch_size='auto' on %s: %d samples (%d tokens, %.1f MiB each)", device, n, n * seq_len, per / 2**20)
+    return n
+
+
+def resolve_batch_size(batch_size: int | str, seq_len: int, d_in: int, d_sae: int, device: torch.device) -> int:
+    """Validate an integer batch size or compute ``"auto"``."""
+    if batch_size == "auto":
+        return auto_batch_size(seq_len, d_in, d_sae, device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    return int(batch_size)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA (or CPU allocator) out-of-memory errors."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_batches(n: int, batch_size: int, step: Callable[[int, int], Any], on_oom: Callable[[], None] | None = None) -> int:
+    """Call ``step(start, stop)`` over ``[0, n)`` in batches; halve the batch on OOM and retry.
+
+    Returns the final batch size (recorded in extraction outputs). A batch of 1 that still
+    runs out of memory re-raises. ``step`` must be idempotent per range (a failed batch is
+    re-run as two halves).
+    """
+    start = 0
+    while start < n:
+        stop = min(n, start + batch_size)
+        try:
+            step(start, stop)
+        except Exception as exc:
+            if not is_oom(exc) or batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            log.warning("out of memory: halving batch size to %d and retrying", batch_size)
+            if on_oom is not None:
+                on_oom()
+            continue
+        start = stop
+    return batch_size

@@ -1,0 +1,123 @@
+"""Exact per-feature top-k of samples under a total order, with an exact merge.
+
+One example per sample: a sample's score for a feature is its maximum activation over valid
+tokens, at the first position reaching it. Examples are ranked by the total order
+
+    value descending, sample index ascending, position ascending
+
+and only samples with a positive maximum are candidates (an inactive sample is never an
+example). A partial is three ``[d_sae, k]`` arrays (``values`` float32, ``samples`` int64,
+``positions`` int32); empty slots hold ``-inf`` / ``-1`` / ``-1`` and sort last.
+
+Because selection under a total order is associative and commutative, merging partials in
+any grouping or order (:func:`combine`, :func:`tree_reduce`) gives bit-identical results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+EMPTY_VALUE = -np.inf
+KEYS = ("values", "samples", "positions")
+
+T = TypeVar("T")
+
+
+def empty(d_sae: int, k: int) -> dict[str, np.ndarray]:
+    """A partial with no examples."""
+    return {
+        "values": np.full((d_sae, k), EMPTY_VALUE, np.float32),
+        "samples": np.full((d_sae, k), -1, np.int64),
+        "positions": np.full((d_sae, k), -1, np.int32),
+    }
+
+
+def from_candidates(
+    features: np.ndarray,
+    values: np.ndarray,
+    samples: np.ndarray,
+    positions: np.ndarray,
+    d_sae: int,
+    k: int,
+) -> dict[str, np.ndarray]:
+    """Select each feature's top ``k`` among candidate examples (flat arrays, any order).
+
+    Each (feature, sample) pair must appear at most once.
+    """
+    out = empty(d_sae, k)
+    keep = values > 0
+    if not keep.all():
+        features, values, samples, positions = features[keep], values[keep], samples[keep], positions[keep]
+    if features.size == 0:
+        return out
+    features = features.astype(np.int64, copy=False)
+    # lexsort: last key is primary -> feature asc, value desc, sample asc, position asc
+    order = np.lexsort((positions, samples, -values.astype(np.float64), features))
+    f = features[order]
+    starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+    counts = np.diff(np.r_[starts, f.size])
+    rank = np.arange(f.size) - np.repeat(starts, counts)
+    sel = rank < k
+    o = order[sel]
+    out["values"][f[sel], rank[sel]] = values[o]
+    out["samples"][f[sel], rank[sel]] = samples[o]
+    out["positions"][f[sel], rank[sel]] = positions[o]
+    return out
+
+
+def chunk(
+    sample_max: np.ndarray, sample_argmax: np.ndarray, sample_ids: np.ndarray, k: int, prefilter: bool = True
+) -> dict[str, np.ndarray]:
+    """Top-k partial of one chunk from per-sample maxima ``[S, d_sae]`` and their positions.
+
+    ``prefilter`` first drops, per feature, samples below the k-th largest value (exact: any
+    sample strictly below it cannot enter the top-k); ties at the boundary are all kept.
+    """
+    s, d_sae = sample_max.shape
+    if prefilter and s > k:
+        kth = -np.partition(-sample_max, k - 1, axis=0)[k - 1]  # k-th largest per feature
+        cand = (sample_max >= kth) & (sample_max > 0)
+    else:
+        cand = sample_max > 0
+    si, fi = np.nonzero(cand)
+    return from_candidates(fi, sample_max[si, fi], np.asarray(sample_ids)[si], sample_argmax[si, fi], d_sae, k)
+
+
+def combine(partials: Sequence[dict[str, np.ndarray]], k: int | None = None) -> dict[str, np.ndarray]:
+    """Exact merge of top-k partials (any number, any order)."""
+    if not partials:
+        raise ValueError("combine needs at least one partial")
+    k = k or partials[0]["values"].shape[1]
+    d_sae = partials[0]["values"].shape[0]
+    vals = np.concatenate([p["values"] for p in partials], axis=1)
+    samp = np.concatenate([p["samples"] for p in partials], axis=1)
+    pos = np.concatenate([p["positions"] for p in partials], axis=1)
+    fi, ci = np.nonzero(samp >= 0)
+    return from_candidates(fi, vals[fi, ci], samp[fi, ci], pos[fi, ci], d_sae, k)
+
+
+def aggregate(partial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Final form: empty slots get value NaN (sample/position stay -1)."""
+    out = {key: partial[key].copy() for key in KEYS}
+    out["values"][out["samples"] < 0] = np.nan
+    return out
+
+
+def tree_reduce(items: Sequence[T], combine_fn: Callable[[list[T]], T], split_every: int = 8) -> T:
+    """Reduce ``items`` in a fixed tree: consecutive groups of ``split_every`` per level.
+
+    The tree shape depends only on ``len(items)`` and ``split_every`` (not on timing), so
+    floating-point reductions inside ``combine_fn`` are reproducible run to run.
+    """
+    if split_every < 2:
+        raise ValueError(f"split_every must be >= 2, got {split_every}")
+    level = list(items)
+    if not level:
+        raise ValueError("nothing to reduce")
+    while len(level) > 1:
+        level = [combine_fn(level[i : i + split_every]) if len(level[i : i + split_every]) > 1 else level[i]
+                 for i in range(0, len(level), split_every)]
+    return level[0]
