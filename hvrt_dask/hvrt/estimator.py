@@ -1,0 +1,393 @@
+"""The HVRT estimators: fit a partition tree, group partitions into chunks, expand.
+
+``HVRT``, ``FastHVRT``, ``HART``, ``FastHART`` and ``PyramidHART`` differ only in their
+partition target (see :mod:`hvrt_dask.hvrt._targets`). They are scikit-learn estimators
+(``get_params`` / ``set_params`` / ``clone``; ``fit`` returns ``self``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from hvrt_dask import _seeding
+from hvrt_dask.hvrt import _input, _targets, _tree
+from hvrt_dask.hvrt._contexts import chunk_contexts
+from hvrt_dask.hvrt._layout import GroupedData, group_rows
+
+try:  # the reduce engineer's mixin; an empty base until that module exists
+    from hvrt_dask.hvrt.reduce import ReduceMixin
+except ImportError:  # pragma: no cover - depends on the other module being present
+
+    class ReduceMixin:  # type: ignore[no-redef]
+        """Placeholder until :mod:`hvrt_dask.hvrt.reduce` provides ``reduce()``."""
+
+
+def _active_client():
+    """The distributed client that will run computations, or None."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return None
+    sched = dask.config.get("scheduler", None)
+    if sched not in (None, "dask.distributed", "distributed"):
+        return None
+    return client
+
+
+def _col_names(spec: _input.InputSpec, idx) -> list[str]:
+    return [repr(spec.columns[int(j)]) for j in np.atleast_1d(idx)]
+
+
+class _Transform:
+    """Raw values → z-space ``[continuous | categorical]`` (picklable, used per block)."""
+
+    def __init__(self, cont, cat, center, scale, cat_lookup):
+        self.cont = np.asarray(cont, dtype=np.int64)
+        self.cat = np.asarray(cat, dtype=np.int64)
+        self.center = center  # length d, in X_z column order
+        self.scale = scale
+        self.cat_lookup = cat_lookup  # per categorical column: (sorted values, code of each)
+
+    def codes(self, X: np.ndarray) -> np.ndarray:
+        out = np.empty((X.shape[0], len(self.cat)), dtype=np.float64)
+        for k, j in enumerate(self.cat):
+            vals, code = self.cat_lookup[k]
+            pos = np.clip(np.searchsorted(vals, X[:, j]), 0, len(vals) - 1)
+            out[:, k] = code[pos]
+        return out
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        Z = np.empty((X.shape[0], len(self.cont) + len(self.cat)), dtype=np.float64)
+        Z[:, : len(self.cont)] = X[:, self.cont]
+        if len(self.cat):
+            Z[:, len(self.cont) :] = self.codes(X)
+        Z -= self.center
+        Z /= self.scale
+        return Z
+
+
+class _HVRTBase(ReduceMixin, BaseEstimator):
+    """Shared implementation; subclasses set ``_target``.
+
+    Parameters
+    ----------
+    n_partitions : int, optional
+        Maximum number of leaves (auto-tuned when None).
+    min_samples_leaf : int, optional
+        Minimum rows per leaf (auto-tuned when None).
+    max_depth : int, optional
+        Maximum tree depth.
+    min_samples_per_partition : int, default 5
+        Floor of the per-partition budget in ``reduce``.
+    y_weight : float, default 0.0
+        Weight of the ``y``-extremeness signal in the partition target.
+    y_weight_mode : {"fixed", "adaptive", "linear", "adaptive_linear"}
+    auto_tune : bool, default True
+        Use the expansion-mode auto-tune formulas.
+    bandwidth : float or {"auto", "scott", "silverman"}, default "auto"
+        Default bandwidth of ``expand`` (see :func:`hvrt_dask.hvrt.expand.resolve_strategy`).
+    random_state : int or None, default 42
+        Seed of every random stream; None draws a fresh seed at ``fit``.
+    tree_splitter : {"best", "random"}, default "best"
+    """
+
+    _target = "hvrt"
+
+    def __init__(
+        self,
+        n_partitions: int | None = None,
+        min_samples_leaf: int | None = None,
+        max_depth: int | None = None,
+        min_samples_per_partition: int = 5,
+        y_weight: float = 0.0,
+        y_weight_mode: str = "fixed",
+        auto_tune: bool = True,
+        bandwidth: float | str = "auto",
+        random_state: int | None = 42,
+        tree_splitter: str = "best",
+    ) -> None:
+        self.n_partitions = n_partitions
+        self.min_samples_leaf = min_samples_leaf
+        self.max_depth = max_depth
+        self.min_samples_per_partition = min_samples_per_partition
+        self.y_weight = y_weight
+        self.y_weight_mode = y_weight_mode
+        self.auto_tune = auto_tune
+        self.bandwidth = bandwidth
+        self.random_state = random_state
+        self.tree_splitter = tree_splitter
+
+    # ------------------------------------------------------------------ fit
+    def _check_params(self) -> None:
+        if self.tree_splitter not in ("best", "random"):
+            raise ValueError(f"tree_splitter must be 'best' or 'random', got {self.tree_splitter!r}")
+        if self.y_weight_mode not in _targets.Y_WEIGHT_MODES:
+            raise ValueError(f"y_weight_mode must be one of {_targets.Y_WEIGHT_MODES}, got {self.y_weight_mode!r}")
+        for name in ("n_partitions", "min_samples_leaf", "max_depth"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        if not 0.0 <= float(self.y_weight) <= 1.0:
+            raise ValueError(f"y_weight must be in [0, 1], got {self.y_weight!r}")
+
+    def fit(self, X: Any, y: Any = None, feature_types: Sequence[str] | None = None):
+        """Fit the partition tree and group the rows into partition-aligned chunks.
+
+        Parameters
+        ----------
+        X : array-like
+            numpy array, pandas DataFrame, dask array or DataFrame, Zarr array or path, or
+            xarray DataArray, shape (n, d).
+        y : array-like, optional
+            Shapes the partitions only (``y_weight > 0``); never generated.
+        feature_types : list of {"continuous", "categorical"}, optional
+            One entry per column (all continuous by default).
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        spec_t = _targets.get_target(self._target)
+        values, spec = _input.coerce_input(X, feature_types)
+        n, d = (int(s) for s in values.shape)
+        if d < 2:
+            raise ValueError(f"X has {d} column(s); HVRT needs at least 2 features")
+        seed = int(self.random_state) if self.random_state is not None else _seeding.fresh_seed()
+        lazy = isinstance(values, da.Array)
+        s_size = _tree.default_sample_size()
+        # One pass: finiteness, range, moments, and the tree sample (all rows when n <= s).
+        sample_idx = _tree.sample_rows(n, s_size, seed) if n > s_size else None
+        if lazy:
+            finite = da.isfinite(values).all(axis=0)
+            Xs_lazy = values if sample_idx is None else values[sample_idx]
+            finite, lo, hi, mean, std, Xs = dask.compute(
+                finite, values.min(axis=0), values.max(axis=0), values.mean(axis=0),
+                values.std(axis=0), Xs_lazy,
+            )
+            if not finite.all():
+                raise ValueError(f"X contains NaN or infinite values in column(s) {', '.join(_col_names(spec, np.flatnonzero(~finite)))}")
+        else:
+            finite = np.isfinite(values).all(axis=0)
+            if not finite.all():
+                raise ValueError(f"X contains NaN or infinite values in column(s) {', '.join(_col_names(spec, np.flatnonzero(~finite)))}")
+            lo, hi = values.min(axis=0), values.max(axis=0)
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            Xs = values if sample_idx is None else values[sample_idx]
+        const = np.flatnonzero(hi == lo)
+        if len(const):
+            raise ValueError(f"column(s) {', '.join(_col_names(spec, const))} are constant; drop them before fitting")
+
+        cat = np.flatnonzero([t == "categorical" for t in spec.feature_types])
+        cont = np.flatnonzero([t == "continuous" for t in spec.feature_types])
+        # Label-encode categoricals: codes in lexicographic order of the string form.
+        cat_lookup = []
+        for j in cat:
+            if j in spec.categories:  # already coded 0..K-1 in string order
+                k = len(spec.categories[j])
+                cat_lookup.append((np.arange(k, dtype=np.float64), np.arange(k, dtype=np.float64)))
+                continue
+            vals = da.unique(values[:, j]).compute() if lazy else np.unique(values[:, j])
+            strs = np.array([str(v) for v in vals])
+            rank = np.empty(len(vals), dtype=np.float64)
+            rank[np.argsort(strs, kind="stable")] = np.arange(len(vals))
+            cat_lookup.append((vals, rank))
+
+        y_arr = self._check_y(y, n)
+        y_s = None if y_arr is None else (y_arr if sample_idx is None else y_arr[sample_idx])
+        # Scalers: exact over all rows for the standard family; robust ones on the sample
+        # (exact whenever the sample is the whole data).
+        pre = _Transform(cont, cat, np.zeros(d), np.ones(d), cat_lookup)
+        raw_z = pre(Xs)  # [cont | cat codes], unscaled
+        if spec_t.robust:
+            center, scale = _targets.location_scale(raw_z, robust=True)
+        else:
+            center, scale = _targets.location_scale(raw_z, robust=False)
+            if sample_idx is not None and len(cont):  # exact moments for continuous columns
+                center[: len(cont)], scale[: len(cont)] = mean[cont], np.where(std[cont] > 0, std[cont], 1.0)
+        transform = _Transform(cont, cat, center, scale, cat_lookup)
+        Zs = (raw_z - center) / scale
+        t = _targets.compute_target(Zs, self._target, y_s, self.y_weight, self.y_weight_mode)
+
+        params = _tree.resolve_tree_params(
+            n, d, self.n_partitions, self.min_samples_leaf, self.max_depth, self.auto_tune, s_size
+        )
+        if n < 2 * params.min_samples_leaf:
+            raise ValueError(
+                f"X has {n} rows; growing a partition tree needs at least "
+                f"2 * min_samples_leaf = {2 * params.min_samples_leaf}"
+            )
+        tree = _tree.fit_tree(Zs, t, params, spec_t.criterion, self.tree_splitter, seed)
+
+        # Leaf of every row, and each row's mean |z| (for variance-weighted budgets).
+        if sample_idx is None:
+            leaves = _tree.apply_block(Zs, tree)
+            absz = np.abs(Zs).mean(axis=1)
+        else:
+            def _leaf_absz(block, tree=tree, tf=transform):
+                Z = tf(block)
+                return np.column_stack([_tree.apply_block(Z, tree).astype(np.float64), np.abs(Z).mean(axis=1)])
+
+            src = values if lazy else da.from_array(values, chunks=(max(1, _layout_rows()), -1), name=False)
+            la = src.map_blocks(_leaf_absz, dtype=np.float64, chunks=(src.chunks[0], (2,))).compute()
+            leaves, absz = la[:, 0].astype(np.int64), la[:, 1]
+        unique = np.unique(leaves).astype(np.int64)
+        pos = np.searchsorted(unique, leaves)
+        sizes = np.bincount(pos, minlength=len(unique)).astype(np.int64)
+        mean_abs_z = np.bincount(pos, weights=absz, minlength=len(unique)) / sizes
+
+        persist = lazy and _active_client() is not None
+        grouped = group_rows(values, leaves, unique, sizes, transform, np.arange(len(cont)), persist=persist)
+
+        # ---- fitted state
+        self.random_state_ = seed
+        self.input_spec_ = spec
+        self.feature_names_in_ = np.asarray(spec.columns, dtype=object)
+        self.n_features_in_ = d
+        self.continuous_mask_ = np.array([t == "continuous" for t in spec.feature_types])
+        self.categorical_mask_ = ~self.continuous_mask_
+        self.tree_ = tree
+        self.tree_params_ = params
+        self.tree_sample_size_ = int(params.sample_size)
+        self.unique_partitions_ = unique
+        self.n_partitions_ = int(len(unique))
+        self.partition_sizes_ = sizes
+        self.partition_mean_abs_z_ = mean_abs_z.astype(np.float64)
+        self.n_samples_ = n
+        self.center_ = center
+        self.scale_ = scale
+        self.data_min_ = np.asarray(lo, dtype=np.float64)
+        self.data_max_ = np.asarray(hi, dtype=np.float64)
+        self.transform_ = transform
+        self.grouped_: GroupedData = grouped
+        self._context_cache_: dict = {}
+        self._call_counters_: dict[str, int] = {}
+        return self
+
+    @staticmethod
+    def _check_y(y, n: int) -> np.ndarray | None:
+        if y is None:
+            return None
+        if isinstance(y, da.Array):
+            y = y.compute()
+        y = np.asarray(y, dtype=np.float64).reshape(-1) if np.ndim(y) <= 2 else None
+        if y is None or len(y) != n:
+            raise ValueError(f"y must have one value per row of X ({n}), got shape {np.shape(y)}")
+        if not np.isfinite(y).all():
+            raise ValueError("y contains NaN or infinite values")
+        return y
+
+    # ------------------------------------------------------------ internals others use
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "grouped_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    def _next_call(self, stage: str) -> int:
+        """Per-stage call counter: 0 on the first call after ``fit``, then 1, 2, ..."""
+        self._check_fitted()
+        call = self._call_counters_.get(stage, 0)
+        self._call_counters_[stage] = call + 1
+        return call
+
+    def _chunk_contexts(self, kind: str, strategy: Any, params: Mapping[str, Any], columns: str) -> da.Array:
+        """Per-chunk prepared contexts (dask object array, shape (n_chunks, 1)); cached."""
+        self._check_fitted()
+        return chunk_contexts(self, kind, strategy, params, columns).array
+
+    def _to_output(self, arr: Any, columns: Any = None, output: str | os.PathLike | None = None) -> Any:
+        """Convert a result in original units to the input's kind (or write it to Zarr)."""
+        self._check_fitted()
+        return _input.to_output(arr, self.input_spec_, output)
+
+    def apply_raw(self, X: Any) -> np.ndarray:
+        """Partition (leaf) id of every row of external data ``X`` (numpy int64)."""
+        self._check_fitted()
+        values = _input.coerce_like(X, self.input_spec_)
+        return np.asarray(_tree.apply_tree(self.transform_(np.asarray(values)) if not isinstance(values, da.Array)
+                                           else values.map_blocks(self.transform_, dtype=np.float64), self.tree_))
+
+    def get_partitions(self) -> list[dict[str, Any]]:
+        """One dict per partition: ``id``, ``size``, ``mean_abs_z``."""
+        self._check_fitted()
+        return [
+            {"id": int(i), "size": int(s), "mean_abs_z": float(m)}
+            for i, s, m in zip(self.unique_partitions_, self.partition_sizes_, self.partition_mean_abs_z_)
+        ]
+
+    # ------------------------------------------------------------------ expand
+    def expand(
+        self,
+        n: int,
+        generation_strategy: Any = None,
+        bandwidth: float | str | None = None,
+        variance_weighted: bool | str = False,
+        adaptive_bandwidth: bool = False,
+        clip: bool = False,
+        X: Any = None,
+        output: str | os.PathLike | None = None,
+        strategy_params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Generate ``n`` synthetic rows; see :func:`hvrt_dask.hvrt.expand.expand`."""
+        from hvrt_dask.hvrt.expand import expand
+
+        return expand(
+            self, n, generation_strategy=generation_strategy, bandwidth=bandwidth,
+            variance_weighted=variance_weighted, adaptive_bandwidth=adaptive_bandwidth,
+            clip=clip, X=X, output=output, strategy_params=strategy_params,
+        )
+
+    def augment(self, n: int, variance_weighted: bool | str = False, **kwargs: Any) -> Any:
+        """Training rows followed by ``n − n_train`` synthetic rows (``n`` is the total)."""
+        from hvrt_dask.hvrt.expand import augment
+
+        return augment(self, n, variance_weighted=variance_weighted, **kwargs)
+
+
+def _layout_rows() -> int:
+    from hvrt_dask.hvrt._layout import target_rows
+
+    return target_rows()
+
+
+class HVRT(_HVRTBase):
+    """Partition target: sum of per-pair standardised products (reference §2.3)."""
+
+    _target = "hvrt"
+
+
+class FastHVRT(_HVRTBase):
+    """Partition target: row sum of z (O(n·d))."""
+
+    _target = "fast_hvrt"
+
+
+class HART(_HVRTBase):
+    """Pairwise target on median/MAD-scaled z, ``absolute_error`` tree."""
+
+    _target = "hart"
+
+
+class FastHART(_HVRTBase):
+    """Row sum on median/MAD-scaled z, ``absolute_error`` tree."""
+
+    _target = "fast_hart"
+
+
+class PyramidHART(_HVRTBase):
+    """A = |Σ z| − Σ |z| on median/MAD-scaled z, ``absolute_error`` tree."""
+
+    _target = "pyramid_hart"
+
+
+__all__ = ["HVRT", "FastHVRT", "HART", "FastHART", "PyramidHART"]

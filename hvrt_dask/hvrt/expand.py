@@ -1,0 +1,312 @@
+"""The ``expand`` / ``augment`` driver.
+
+1. Resolve the strategy (explicit name → bandwidth → ``'auto'``, reference §4.7).
+2. Budgets per partition with the reference integerisation (:mod:`._budgets`).
+3. Per-chunk contexts from the model's cache (built once per strategy and params).
+4. One ``map_blocks`` over the grouped training chunks and their contexts. Each chunk's
+   output size is the sum of its partitions' budgets, known beforehand, so the output has
+   exact chunks. Partition ``p`` draws only from ``generator(seed, "expand", call, p)``.
+5. Back to original units; each synthetic row takes the whole categorical tuple of its base
+   row (a uniformly drawn row of its partition when the strategy has none); optional clip.
+6. Shuffle: the grouped output is in canonical (sorted partition id) order whatever the
+   chunking; a seeded permutation keyed by ``(seed, "expand-shuffle", call)`` then fixes
+   the row order. ``hvrt.expand.shuffle: global`` (default) applies one global permutation
+   (in memory, or a dask fancy-index shuffle for lazy output), which makes the output
+   bit-identical across chunkings. ``blocks`` permutes rows inside each chunk and then the
+   chunk order — no data movement, but the order then depends on the chunk layout.
+
+In-memory models (numpy / pandas input) run the same per-chunk functions in a plain loop,
+without building a graph.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from hvrt_dask import config
+from hvrt_dask._seeding import generator
+from hvrt_dask.hvrt import _input
+from hvrt_dask.hvrt._budgets import expand_budgets
+from hvrt_dask.hvrt._chunks import ChunkPartitions
+from hvrt_dask.hvrt._contexts import chunk_contexts
+from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
+
+_NAMED_BW = ("scott", "silverman")
+SHUFFLE_MODES = ("global", "blocks", "none")
+
+
+def check_n(n: Any, name: str = "n") -> int:
+    """Validate a positive integer row count (``TypeError``/``ValueError`` naming it)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {n!r} ({type(n).__name__})")
+    if int(n) <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {int(n)}")
+    return int(n)
+
+
+def _check_bandwidth(bw: Any) -> Any:
+    if isinstance(bw, str):
+        if bw not in _NAMED_BW:
+            raise ValueError(f"bandwidth must be a positive number, 'scott', 'silverman' or 'auto', got {bw!r}")
+        return bw
+    if isinstance(bw, bool) or not isinstance(bw, numbers.Real) or not np.isfinite(bw) or bw <= 0:
+        raise ValueError(f"bandwidth must be a positive number, 'scott', 'silverman' or 'auto', got {bw!r}")
+    return float(bw)
+
+
+def _kde_or_fallback(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    if "gaussian_kde" in GENERATION_STRATEGIES:
+        return GENERATION_STRATEGIES.get("gaussian_kde"), params
+    warnings.warn("the 'gaussian_kde' strategy is not available; using 'epanechnikov'", RuntimeWarning, stacklevel=3)
+    return GENERATION_STRATEGIES.get("epanechnikov"), {}
+
+
+def resolve_strategy(
+    model: Any,
+    generation_strategy: Any = None,
+    bandwidth: Any = None,
+    adaptive_bandwidth: bool = False,
+    strategy_params: Mapping[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Pick the strategy and its params for one ``expand`` call.
+
+    Order: an explicit ``generation_strategy`` (``'auto'`` means "not given"); else a
+    numeric / ``'scott'`` / ``'silverman'`` bandwidth (the argument, or the constructor's
+    when not ``'auto'``) or ``adaptive_bandwidth=True`` (→ ``'scott'``) selects
+    ``gaussian_kde``; else the ≤2.11 ``'auto'`` rule: mean partition size ≥
+    max(15, 2·d_cont) → ``gaussian_kde`` with bandwidth 0.1, otherwise ``epanechnikov``.
+    """
+    extra = dict(strategy_params or {})
+    if generation_strategy is not None and not (isinstance(generation_strategy, str) and generation_strategy == "auto"):
+        strat = get_generation_strategy(generation_strategy)
+        if not callable(getattr(strat, "prepare", None)) or not callable(getattr(strat, "generate", None)):
+            raise TypeError(f"generation_strategy {generation_strategy!r} lacks prepare()/generate()")
+        params = extra
+        if strat.name == "gaussian_kde":
+            bw = bandwidth if bandwidth not in (None, "auto") else params.get("bandwidth", 0.1)
+            params = {**params, "bandwidth": _check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)}
+        return strat, params
+    bw = bandwidth if bandwidth is not None else model.bandwidth
+    if bw == "auto":
+        bw = None
+    if bw is None and adaptive_bandwidth:
+        bw = "scott"
+    if bw is not None:
+        return _kde_or_fallback({**extra, "bandwidth": _check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)})
+    d_cont = int(model.continuous_mask_.sum())
+    if float(np.mean(model.partition_sizes_)) >= max(15, 2 * d_cont):
+        return _kde_or_fallback({**extra, "bandwidth": 0.1, "adaptive": False})
+    return GENERATION_STRATEGIES.get("epanechnikov"), extra
+
+
+@dataclass(frozen=True)
+class _Post:
+    """z-space continuous block + base rows → one block in original units."""
+
+    d: int
+    cont: np.ndarray
+    cat: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+    block_shuffle: bool
+
+    def __call__(self, Z, base, Xraw, table: ChunkPartitions, b, seed: int, call: int) -> np.ndarray:
+        total = int(np.sum(b))
+        out = np.empty((total, self.d), dtype=np.float64)
+        if len(self.cont):
+            out[:, self.cont] = np.asarray(Z, dtype=np.float64) * self.scale + self.center
+        if len(self.cat):
+            base = np.array(base, dtype=np.int64, copy=True)
+            missing = base < 0
+            if missing.any():  # no base row: a uniformly drawn row of the partition
+                labels = np.repeat(np.arange(table.n_parts), b)
+                for i in np.unique(labels[missing]):
+                    m = missing & (labels == i)
+                    rng = generator(seed, "expand-base", call, int(table.ids[i]))
+                    base[m] = table.starts[i] + rng.integers(0, table.sizes[i], int(m.sum()))
+            out[:, self.cat] = Xraw[base][:, self.cat]  # the whole categorical tuple
+        if self.lo is not None:
+            np.clip(out, self.lo, self.hi, out=out)
+        if self.block_shuffle and total and table.n_parts:
+            out = out[generator(seed, "expand-shuffle", call, int(table.ids[0])).permutation(total)]
+        return out
+
+
+def _gen_chunk(Xraw, ctx, strategy, b, table, seed, call, post) -> np.ndarray:
+    rngs = [generator(seed, "expand", call, int(pid)) for pid in table.ids]
+    Z, base = strategy.generate(ctx, np.asarray(b, dtype=np.int64), rngs)
+    if len(base) != int(np.sum(b)):
+        raise RuntimeError(f"strategy {strategy.name!r} returned {len(base)} rows for a budget of {int(np.sum(b))}")
+    return post(Z, base, Xraw, table, b, seed, call)
+
+
+def _gen_block(Xraw, ctxs, strategy, budgets, tables, seed, call, post, block_id=None):
+    c = block_id[0]
+    return _gen_chunk(Xraw, ctxs[0, 0], strategy, budgets[c], tables[c], seed, call, post)
+
+
+class _External:
+    """A throw-away, uncached view of external data ``X`` grouped by the fitted tree."""
+
+    def __init__(self, model: Any, X: Any) -> None:
+        from hvrt_dask.hvrt._layout import group_rows
+        from hvrt_dask.hvrt._tree import apply_block
+
+        values = _input.coerce_like(X, model.input_spec_)
+        if isinstance(values, da.Array):
+            values = values.compute()  # external data for expand is expected to be modest
+        if not np.isfinite(values).all():
+            raise ValueError("X contains NaN or infinite values")
+        Z = model.transform_(values)
+        leaves = apply_block(Z, model.tree_)
+        unique = np.unique(leaves)
+        pos = np.searchsorted(unique, leaves)
+        sizes = np.bincount(pos).astype(np.int64)
+        self.partition_sizes_ = sizes
+        self.partition_mean_abs_z_ = np.bincount(pos, weights=np.abs(Z).mean(axis=1)) / sizes
+        self.continuous_mask_ = model.continuous_mask_
+        self.grouped_ = group_rows(values, leaves, unique, sizes, model.transform_, model.grouped_.cont_cols)
+        self._context_cache_: dict = {}
+
+
+def expand_raw(
+    model: Any,
+    n: int,
+    generation_strategy: Any = None,
+    bandwidth: Any = None,
+    variance_weighted: bool | str = False,
+    adaptive_bandwidth: bool = False,
+    clip: bool = False,
+    X: Any = None,
+    strategy_params: Mapping[str, Any] | None = None,
+) -> Any:
+    """Synthetic rows in original units and column order (numpy or lazy dask, float64)."""
+    model._check_fitted()
+    n = check_n(n)
+    strategy, params = resolve_strategy(model, generation_strategy, bandwidth, adaptive_bandwidth, strategy_params)
+    if variance_weighted not in (False, True, "size_aware"):
+        raise ValueError(f"variance_weighted must be False, True or 'size_aware', got {variance_weighted!r}")
+    shuffle = str(config.get("expand.shuffle", "global"))
+    if shuffle not in SHUFFLE_MODES:
+        raise ValueError(f"hvrt.expand.shuffle must be one of {SHUFFLE_MODES}, got {shuffle!r}")
+    src = model if X is None else _External(model, X)
+    g = src.grouped_
+    budgets = expand_budgets(src.partition_sizes_, n, src.partition_mean_abs_z_, variance_weighted)
+    call = model._next_call("expand")
+    seed = int(model.random_state_)
+    entry = chunk_contexts(src, "generate", strategy, params, "continuous")
+
+    spec = model.input_spec_
+    cont = np.flatnonzero(model.continuous_mask_)
+    cat = np.flatnonzero(model.categorical_mask_)
+    k = len(cont)
+    post = _Post(
+        spec.n_features, cont, cat, model.center_[:k], model.scale_[:k],
+        model.data_min_ if clip else None, model.data_max_ if clip else None,
+        shuffle == "blocks",
+    )
+    chunk_budgets = [budgets[idx] for idx in g.part_index]
+    totals = tuple(int(b.sum()) for b in chunk_budgets)
+    if g.local is not None:
+        parts = [
+            _gen_chunk(g.local["X"][c], entry.local[c], strategy, chunk_budgets[c], g.tables[c], seed, call, post)
+            for c in range(g.n_chunks)
+        ]
+        out = np.concatenate(parts, axis=0) if parts else np.empty((0, spec.n_features))
+        if shuffle == "global":
+            out = out[generator(seed, "expand-shuffle", call).permutation(len(out))]
+        elif shuffle == "blocks":
+            order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
+            out = np.concatenate([parts[c] for c in order], axis=0)
+        return out
+    out = da.map_blocks(
+        _gen_block, g.X, entry.array, strategy, chunk_budgets, list(g.tables), seed, call, post,
+        dtype=np.float64, chunks=(totals, (spec.n_features,)), meta=np.empty((0, 0)),
+    )
+    if shuffle == "global":
+        out = out[generator(seed, "expand-shuffle", call).permutation(n)]
+    elif shuffle == "blocks":
+        order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
+        out = da.concatenate([out.blocks[int(c)] for c in order if totals[c]], axis=0)
+    return out
+
+
+def _check_output_path(output) -> None:
+    if output is not None and os.path.exists(os.fspath(output)):
+        raise ValueError(f"output path {os.fspath(output)!r} already exists; refusing to overwrite")
+
+
+def expand(model: Any, n: int, output: str | os.PathLike | None = None, **kwargs: Any) -> Any:
+    """Generate ``n`` synthetic rows shaped like the training input.
+
+    Parameters
+    ----------
+    model : fitted HVRT estimator
+    n : int
+        Number of synthetic rows (positive integer).
+    generation_strategy : str or strategy object, optional
+        A registered name (``'epanechnikov'``, ``'bootstrap_noise'``, ``'multivariate_kde'``,
+        ``'univariate_kde_copula'``, ``'gaussian_kde'``, or your own) or ``'auto'``.
+    bandwidth : float or {"scott", "silverman"}, optional
+        Selects the Gaussian-KDE path.
+    variance_weighted : bool or "size_aware", default False
+        Budget weights: size (False), mean |z| (True, the reference rule) or size × mean |z|.
+    adaptive_bandwidth : bool, default False
+        Per-partition bandwidth on the Gaussian-KDE path (``'scott'`` if no bandwidth).
+    clip : bool, default False
+        Clip every column to its observed training range.
+    X : array-like, optional
+        Generate from external data with the fitted tree and scaler (contexts not cached).
+    output : str or path, optional
+        Write the result to a new Zarr array at this path and return it (opened read-only).
+    strategy_params : mapping, optional
+        Extra options passed to the strategy's ``prepare`` (part of the context cache key).
+
+    Returns
+    -------
+    ndarray, DataFrame, dask array, dask DataFrame, xarray DataArray or zarr Array
+        Mirrors the training input's kind (see :func:`hvrt_dask.hvrt._input.to_output`).
+    """
+    _check_output_path(output)
+    out = expand_raw(model, n, **kwargs)
+    return model._to_output(out, output=output)
+
+
+def training_raw(model: Any) -> Any:
+    """The training rows in original order (raw codes), numpy or dask."""
+    g = model.grouped_
+    if g.local is not None:
+        X = np.concatenate(g.local["X"], axis=0)
+        rows = np.concatenate(g.local["rows"])
+        out = np.empty_like(X)
+        out[rows] = X
+        return out
+    rows = g.rows.compute()
+    return g.X[np.argsort(rows)]
+
+
+def augment(model: Any, n: int, variance_weighted: bool | str = False, output=None, **kwargs: Any) -> Any:
+    """The training rows followed by ``n − n_train`` synthetic rows (``n`` is the total)."""
+    model._check_fitted()
+    n = check_n(n)
+    n_train = int(model.n_samples_)
+    if n <= n_train:
+        raise ValueError(f"augment(n) needs n > the {n_train} training rows, got {n}")
+    _check_output_path(output)
+    synth = expand_raw(model, n - n_train, variance_weighted=variance_weighted, **kwargs)
+    train = training_raw(model)
+    if isinstance(synth, da.Array) or isinstance(train, da.Array):
+        out = da.concatenate([da.asarray(train), da.asarray(synth)], axis=0)
+    else:
+        out = np.concatenate([train, synth], axis=0)
+    return model._to_output(out, output=output)
