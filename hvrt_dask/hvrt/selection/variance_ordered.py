@@ -75,7 +75,10 @@ class VarianceOrderedStrategy:
         budgets = np.minimum(np.asarray(budgets, dtype=np.int64), parts.sizes)
         labels = parts.labels()
         rank = np.arange(labels.shape[0]) - parts.starts[labels]
-        return context.order[rank < budgets[labels]]
+        # A partition taken whole comes back in row order (as the FPS strategies do).
+        full = (budgets >= parts.sizes)[labels]
+        order = np.where(full, np.arange(labels.shape[0]), context.order)
+        return order[rank < budgets[labels]]
 
 
 variance_ordered = VarianceOrderedStrategy()
