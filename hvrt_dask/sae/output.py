@@ -13,7 +13,8 @@ Variables
 ``max_activation``     (feature) float32
 ``n_active_tokens``    (feature) int64             ``density = n_active_tokens / n_valid_tokens``
 ``n_active_samples``   (feature) int64             ``frequency = n_active_samples / n_samples``
-``sum``, ``sumsq``     (feature) float64           over valid tokens
+``act_sum``            (feature) float64           sum of activations over valid tokens
+``act_sumsq``          (feature) float64           sum of squares over valid tokens
 ``mean``, ``std``      (feature) float64           over active tokens (NaN for dead features)
 ``hist``               (feature, bin) int64        nonzero activations per bin
 ``dead``               (feature) bool              never active
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -99,8 +101,8 @@ def write_output(
             "n_active_samples": (fdims, stats["n_active_samples"].astype(np.int64)),
             "density": (fdims, np.asarray(stats["density"], np.float64)),
             "frequency": (fdims, np.asarray(stats["frequency"], np.float64)),
-            "sum": (fdims, stats["sum"]),
-            "sumsq": (fdims, stats["sumsq"]),
+            "act_sum": (fdims, stats["sum"]),
+            "act_sumsq": (fdims, stats["sumsq"]),
             "mean": (fdims, stats["mean"]),
             "std": (fdims, stats["std"]),
             "hist": (("feature", "bin"), stats["hist"].astype(np.int64)),
@@ -142,7 +144,10 @@ def write_output(
     g = zarr.open_group(out, mode="r+")
     g.attrs.update({"timings": _jsonable(timings)})
     g.attrs["complete"] = True  # the completion marker, written last
-    zarr.consolidate_metadata(out)
+    with warnings.catch_warnings():
+        # partials/ holds numpy files (not Zarr nodes); consolidated metadata is a v3 extension
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(out)
 
 
 def _write_fresh(ds, out: str, encoding: dict) -> None:
@@ -153,7 +158,9 @@ def _write_fresh(ds, out: str, encoding: dict) -> None:
         if name != "partials":
             p = os.path.join(out, name)
             shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-    ds.to_zarr(out, mode="a", encoding=encoding, consolidated=False, zarr_format=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # partials/ is not a Zarr node
+        ds.to_zarr(out, mode="a", encoding=encoding, consolidated=False, zarr_format=3)
 
 
 def is_complete(out: str | os.PathLike) -> bool:

@@ -1,0 +1,222 @@
+"""Exactness of extraction against a sequential Python-heap reference (the plan's original loop).
+
+Data are small dyadic rationals (see ``_extract_data``): latents are bit-identical under
+any summation order and ties (equal maxima across samples, repeated maxima within a sample)
+are common, so the total order (value desc, sample asc, position asc) is exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from _extract_data import dense_latents, make_sae, make_store, sequential_reference
+from hvrt_dask.sae.extract import extract_features
+from hvrt_dask.sae.output import is_complete, open_output
+from hvrt_dask.sae.stats import histogram_edges
+
+K, PRE, SUF = 6, 3, 2
+VARS = ("topk_value", "topk_sample", "topk_position", "window_tokens", "window_acts", "max_activation",
+        "n_active_tokens", "n_active_samples", "act_sum", "act_sumsq", "hist", "dead", "mean", "std", "density", "frequency")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exact")
+    acts, tokens, mask = make_store(root / "store", n=96, seq=16, d_in=12, chunk=16)
+    tensors, cfg = make_sae(root / "sae", d_in=12, d_sae=40)
+    z = dense_latents(acts, tensors, cfg).astype(np.float32)
+    z[~mask] = 0
+    ref = sequential_reference(z, mask, K)
+    # the data really has ties (otherwise the total order is not tested)
+    smax = z.max(axis=1)
+    n_ties = sum(len(np.unique(c[c > 0])) < (c > 0).sum() for c in smax.T)
+    assert n_ties > 10
+    return {"root": root, "store": str(root / "store"), "sae": str(root / "sae"), "acts": acts, "tokens": tokens,
+            "mask": mask, "z": z, "ref": ref}
+
+
+def check_against_reference(ds, data):
+    z, mask, tokens, ref = data["z"], data["mask"], data["tokens"], data["ref"]
+    n, seq, d_sae = z.shape
+    vals, smp, pos = ds.topk_value.values, ds.topk_sample.values, ds.topk_position.values
+    for f in range(d_sae):
+        got = [(float(v), int(s), int(p)) for v, s, p in zip(vals[f], smp[f], pos[f]) if s >= 0]
+        assert got == ref[f], f"feature {f}"
+        assert np.isnan(vals[f][smp[f] < 0]).all()
+    # statistics against numpy on the dense matrix of valid tokens
+    zv = z[mask]  # [n_valid, d_sae]
+    np.testing.assert_array_equal(ds.max_activation.values, zv.max(axis=0))
+    np.testing.assert_array_equal(ds.n_active_tokens.values, (zv > 0).sum(axis=0))
+    np.testing.assert_array_equal(ds.n_active_samples.values, (z.max(axis=1) > 0).sum(axis=0))
+    np.testing.assert_array_equal(ds.act_sum.values, zv.astype(np.float64).sum(axis=0))
+    np.testing.assert_array_equal(ds.act_sumsq.values, (zv.astype(np.float64) ** 2).sum(axis=0))
+    np.testing.assert_allclose(ds.density.values, (zv > 0).sum(axis=0) / mask.sum())
+    np.testing.assert_array_equal(ds.dead.values, (zv > 0).sum(axis=0) == 0)
+    edges = histogram_edges(ds.sizes["bin"])
+    hist = np.zeros((d_sae, ds.sizes["bin"]), np.int64)
+    for f in range(d_sae):
+        v = zv[:, f][zv[:, f] > 0]
+        np.add.at(hist[f], np.searchsorted(edges, v, side="left"), 1)
+    np.testing.assert_array_equal(ds.hist.values, hist)
+    assert ds.attrs["n_valid_tokens"] == int(mask.sum())
+    # context windows: token ids (pad marker -1 outside) and per-token activations
+    wt, wa = ds.window_tokens.values, ds.window_acts.values
+    offs = ds.window_offset.values
+    for f in range(d_sae):
+        for r in range(ds.sizes["rank"]):
+            s = int(smp[f, r])
+            if s < 0:
+                assert (wt[f, r] == -1).all() and np.isnan(wa[f, r]).all()
+                continue
+            t = int(pos[f, r]) + offs
+            inside = (t >= 0) & (t < seq)
+            np.testing.assert_array_equal(wt[f, r], np.where(inside, tokens[s, np.clip(t, 0, seq - 1)], -1))
+            exp = np.where(inside & mask[s, np.clip(t, 0, seq - 1)], z[s, np.clip(t, 0, seq - 1), f], np.nan)
+            np.testing.assert_array_equal(wa[f, r], exp)
+            assert wa[f, r][offs == 0][0] == vals[f, r]
+
+
+def assert_same(a, b):
+    for v in VARS:
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+
+
+@pytest.fixture(scope="module")
+def baseline(data):
+    out = data["root"] / "baseline"
+    extract_features(data["store"], data["sae"], out, top_k=K, prefix=PRE, suffix=SUF, progress=False, client=None)
+    ds = open_output(out).load()
+    check_against_reference(ds, data)
+    return ds
+
+
+def test_reference_matches(baseline):
+    assert baseline.attrs["complete"]
+
+
+@pytest.mark.parametrize("chunk_samples,split_every", [(7, 2), (16, 3), (33, 8), (96, 2), (1, 4)])
+def test_chunkings_and_fanins_identical(data, baseline, tmp_path, chunk_samples, split_every):
+    r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF,
+                         chunk_samples=chunk_samples, split_every=split_every, batch_size=5, progress=False)
+    assert r.n_chunks == -(-96 // chunk_samples)
+    assert_same(open_output(r.path).load(), baseline)
+
+
+def test_float16_store_identical(data, baseline, tmp_path):
+    # dyadic values with few bits are exact in float16 too
+    make_store(tmp_path / "s16", n=96, seq=16, d_in=12, chunk=16, dtype="float16")
+    r = extract_features(tmp_path / "s16", data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF, progress=False)
+    ds = open_output(r.path).load()
+    assert_same(ds, baseline)
+    assert ds.attrs["store"]["dtype"] == "float16"
+
+
+def test_two_workers_distributed(data, baseline, tmp_path, client):
+    r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF,
+                         chunk_samples=8, split_every=3, max_in_flight=3, client=client, progress=False)
+    assert len(r.workers) == 2  # both workers took chunks
+    assert set(r.workers) <= set(client.scheduler_info()["workers"])
+    assert_same(open_output(r.path).load(), baseline)
+
+
+def test_one_worker_distributed(data, baseline, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as lc, \
+            Client(lc) as c:
+        r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF,
+                             chunk_samples=12, split_every=2, client=c, progress=False)
+    assert len(r.workers) == 1
+    assert_same(open_output(r.path).load(), baseline)
+
+
+def test_gpu_resource_routing(data, baseline, tmp_path):
+    """With one worker advertising GPU=1 and one without, every extraction task runs on the GPU one."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as lc:
+        spec = dict(lc.worker_spec[0])
+        spec["options"] = {**spec["options"], "resources": {"GPU": 1}}
+        lc.worker_spec["gpu"] = spec
+        lc.sync(lc._correct_state)
+        with Client(lc) as c:
+            c.wait_for_workers(2)
+            info = c.scheduler_info()["workers"]
+            gpu = [a for a, w in info.items() if (w.get("resources") or {}).get("GPU")]
+            assert len(gpu) == 1
+            r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF,
+                                 chunk_samples=8, max_in_flight=4, client=c, progress=False)
+    assert r.workers == gpu  # recorded by every chunk partial
+    assert_same(open_output(r.path).load(), baseline)
+
+
+def test_resume_after_injected_failure(data, baseline, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        extract_features(data["store"], data["sae"], out, top_k=K, prefix=PRE, suffix=SUF, chunk_samples=8,
+                         progress=False, _fail_after=4)
+    assert not is_complete(out)
+    with pytest.raises(ValueError, match="incomplete"):
+        open_output(out)
+    done = sorted(p for p in os.listdir(out / "partials") if p.endswith(".done"))
+    assert len(done) == 4
+    with pytest.raises(FileExistsError):
+        extract_features(data["store"], data["sae"], out, top_k=K, prefix=PRE, suffix=SUF, chunk_samples=8, progress=False)
+    r = extract_features(data["store"], data["sae"], out, top_k=K, prefix=PRE, suffix=SUF, chunk_samples=8,
+                         progress=False, resume=True)
+    assert r.n_resumed == 4
+    assert_same(open_output(out).load(), baseline)
+    # resuming a complete output returns it unchanged
+    r2 = extract_features(data["store"], data["sae"], out, top_k=K, prefix=PRE, suffix=SUF, chunk_samples=8,
+                          progress=False, resume=True)
+    assert r2.n_chunks == 12
+
+
+def test_resume_after_killed_process(data, baseline, tmp_path):
+    """A subprocess extracting chunk by chunk is SIGKILLed mid-run; the resumed output is identical."""
+    out = tmp_path / "o"
+    script = textwrap.dedent(
+        f"""
+        import time
+        import hvrt_dask.sae.extract as ex
+        orig = ex.extract_chunk
+        def slow(spec):
+            part = orig(spec)
+            time.sleep(0.4)
+            return part
+        ex.extract_chunk = slow
+        ex.extract_features({data['store']!r}, {data['sae']!r}, {str(out)!r}, top_k={K}, prefix={PRE},
+                            suffix={SUF}, chunk_samples=4, progress=False)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            pdir = out / "partials"
+            if pdir.exists() and len([p for p in os.listdir(pdir) if p.endswith(".done")]) >= 5:
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the extraction finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    n_done = len([p for p in os.listdir(out / "partials") if p.endswith(".done")])
+    assert 5 <= n_done < 24
+    assert not is_complete(out)
+    r = extract_features(data["store"], data["sae"], out, top_k=K, prefix=PRE, suffix=SUF, chunk_samples=4,
+                         progress=False, resume=True)
+    assert r.n_resumed == n_done
+    assert_same(open_output(out).load(), baseline)
