@@ -1,4 +1,4 @@
-"""Partitions become chunks: group rows by partition with a Dask shuffle.
+"""Partitions become chunks: group rows by partition with a Dask shuffle (a take).
 
 Partitions are packed, in sorted partition-id order, into chunks of at most
 ``hvrt.chunks.target-rows`` rows (a partition larger than that gets a chunk of its own).
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -122,16 +123,16 @@ def group_rows(
     bounds = np.concatenate([[0], np.cumsum(chunk_sizes)]).astype(np.int64)
 
     if isinstance(X, da.Array):
-        indexer = [order[bounds[c] : bounds[c + 1]].tolist() for c in range(len(groups))]
-        Xg = da.shuffle(X, indexer, axis=0).rechunk({1: -1})
-        if tuple(Xg.chunks[0]) != tuple(chunk_sizes):
-            # The shuffle is free to merge groups; keep our exact partition tables.
-            Xg = Xg.rechunk({0: tuple(chunk_sizes)})
+        # A fancy-index take with the canonical order (dask plans it as a shuffle), then
+        # exact partition-aligned row chunks. ``da.shuffle`` with per-chunk groups was
+        # measured to be as fast but fails on groups larger than an input chunk
+        # (it splits columns and then mis-indexes) in dask 2026.8.0.
+        Xg = X[order].rechunk({0: tuple(chunk_sizes), 1: -1})
         Xz = Xg.map_blocks(to_z, dtype=np.float64)
         rows = da.from_array(order, chunks=(tuple(chunk_sizes),))
         local = None
         if persist:
-            Xg, Xz, rows = da.persist(Xg, Xz, rows)
+            Xg, Xz, rows = dask.persist(Xg, Xz, rows)
     else:
         Xs = np.asarray(X)[order]
         Zs = to_z(Xs)
