@@ -1,0 +1,73 @@
+"""JSON Lines and HTML exports (token strings via a local tokenizer, ids without one)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from _extract_data import make_sae, make_store
+from hvrt_dask.sae.export import export_html, export_jsonl, feature_records
+from hvrt_dask.sae.extract import extract_features
+from hvrt_dask.sae.output import open_output
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    make_store(root / "store", n=30, seq=10, d_in=12, chunk=10, vocab=20)
+    make_sae(root / "sae", d_in=12, d_sae=16)
+    r = extract_features(root / "store", root / "sae", root / "out", top_k=4, prefix=2, suffix=3, progress=False)
+    return root, r
+
+
+def test_jsonl_matches_dataset(result, tmp_path):
+    root, r = result
+    n = export_jsonl(r.path, tmp_path / "f.jsonl")
+    ds = open_output(r.path).load()
+    lines = (tmp_path / "f.jsonl").read_text().splitlines()
+    assert n == len(lines) == 16
+    for line in lines:
+        rec = json.loads(line)
+        f = rec["feature"]
+        assert rec["max_activation"] == float(ds.max_activation[f])
+        assert rec["n_active_tokens"] == int(ds.n_active_tokens[f])
+        assert rec["histogram"]["counts"] == ds.hist.values[f].tolist()
+        assert len(rec["examples"]) == int((ds.topk_sample.values[f] >= 0).sum())
+        for ex in rec["examples"]:
+            assert ex["sample"] == int(ds.topk_sample[f, ex["rank"]])
+            assert ex["tokens"] == ds.window_tokens.values[f, ex["rank"]].tolist()
+            assert ex["token_strings"] is None  # no tokenizer named by the store
+            assert len(ex["acts"]) == 6 and ex["acts"][2] == ex["value"]
+
+
+def test_html_with_ids(result, tmp_path):
+    root, r = result
+    page = open(export_html(r.path, tmp_path / "p.html", features=range(3, 6))).read()
+    assert page.count("<h2") == 3 and "Feature 3" in page and "Feature 6" not in page
+    assert "rgba(255,120,0," in page and "[" in page  # ids shown in brackets
+    with pytest.raises(ValueError, match="out of range"):
+        export_html(r.path, tmp_path / "q.html", features=[99])
+
+
+def test_tokenizer_decoding(result, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    root, r = result
+    vocab = {f"w{i}": i for i in range(20)}
+    vocab["[UNK]"] = 20
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    fast.save_pretrained(str(tmp_path / "tok"))
+    zarr.open_group(root / "store", mode="r+").attrs["tokenizer"] = str(tmp_path / "tok")
+    out2 = tmp_path / "out2"
+    extract_features(root / "store", root / "sae", out2, top_k=4, prefix=2, suffix=3, progress=False)
+    recs = list(feature_records(out2, features=[0, 1, 2]))
+    ex = next(e for rec in recs for e in rec["examples"])
+    assert ex["token_strings"] == [None if t < 0 else f"w{t}" for t in ex["tokens"]]
+    page = open(export_html(out2, tmp_path / "p.html", features=[0, 1, 2])).read()
+    assert ">w" in page
+    assert np.isfinite([rec["max_activation"] for rec in recs]).all()
