@@ -460,7 +460,11 @@ def capture_activations(
     """
     hook = _default(hook, "hook")
     seq_len = _default(seq_len, "seq-len")
-    dtype = str(np.dtype(_default(dtype, "dtype")))
+    dtype = _default(dtype, "dtype")
+    try:
+        dtype = str(np.dtype(dtype))
+    except TypeError:
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}") from None
     chunk_samples = int(_default(chunk_samples, "chunk-samples"))
     batch_size = int(_default(batch_size, "batch-size"))
     out = os.path.abspath(os.fspath(out))

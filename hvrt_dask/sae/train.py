@@ -315,8 +315,8 @@ def train_sae(
             if step % log_every == 0 or step == steps - 1:
                 with torch.no_grad():
                     fve = 1 - float(((x_hat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
-                rec = {"step": step, "loss": float(loss), "mse": float(mse), "l1": float(l1),
-                       "l0": float((f > 0).float().sum(-1).mean()), "fve_batch": fve}
+                rec = {"step": step, "loss": float(loss.detach()), "mse": float(mse.detach()), "l1": float(l1.detach()),
+                       "l0": float((f.detach() > 0).float().sum(-1).mean()), "fve_batch": fve}
                 log.append(rec)
                 if progress:
                     print(f"train_sae: step {step}/{steps} loss {rec['loss']:.4g} mse {rec['mse']:.4g} "
