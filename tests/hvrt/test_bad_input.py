@@ -1,0 +1,143 @@
+"""Bad input: a clear ValueError/TypeError naming the problem, before any output exists."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hvrt_dask.hvrt.estimator import HVRT
+
+
+@pytest.fixture(scope="module")
+def X():
+    return np.random.default_rng(0).standard_normal((400, 3))
+
+
+@pytest.fixture(scope="module")
+def model(X):
+    return HVRT().fit(X)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite(X, bad):
+    Xb = X.copy()
+    Xb[17, 1] = bad
+    with pytest.raises(ValueError, match="NaN or infinite.*'x1'"):
+        HVRT().fit(Xb)
+
+
+def test_non_finite_dask(X, sync_scheduler):
+    import dask.array as da
+
+    Xb = X.copy()
+    Xb[5, 2] = np.nan
+    with pytest.raises(ValueError, match="'x2'"):
+        HVRT().fit(da.from_array(Xb, chunks=100))
+
+
+def test_constant_column(X):
+    Xb = X.copy()
+    Xb[:, 0] = 3.0
+    with pytest.raises(ValueError, match="'x0'.*constant"):
+        HVRT().fit(Xb)
+    df = pd.DataFrame(Xb, columns=["a", "b", "c"])
+    with pytest.raises(ValueError, match="'a'.*constant"):
+        HVRT().fit(df)
+
+
+def test_non_numeric_without_feature_types(X):
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    df["city"] = np.where(X[:, 0] > 0, "Oslo", "Rome")
+    with pytest.raises(TypeError, match="'city'.*non-numeric"):
+        HVRT().fit(df)
+    # with feature_types it works and comes back as strings
+    m = HVRT().fit(df, feature_types=["continuous"] * 3 + ["categorical"])
+    out = m.expand(50)
+    assert set(out["city"]) <= {"Oslo", "Rome"}
+    with pytest.raises(TypeError, match="non-numeric dtype"):
+        HVRT().fit(np.array([["a", "b"], ["c", "d"]]))
+
+
+def test_too_few_rows():
+    X = np.random.default_rng(1).standard_normal((9, 3))
+    with pytest.raises(ValueError, match="9 rows.*min_samples_leaf"):
+        HVRT().fit(X)
+
+
+def test_single_column():
+    with pytest.raises(ValueError, match="1 column.*at least 2 features"):
+        HVRT().fit(np.random.default_rng(2).standard_normal((200, 1)))
+
+
+@pytest.mark.parametrize("n,exc", [(0, ValueError), (-5, ValueError), (2.5, TypeError), (10.0, TypeError),
+                                   ("10", TypeError), (True, TypeError), (None, TypeError)])
+def test_bad_n(model, n, exc, tmp_path):
+    out = tmp_path / "never.zarr"
+    with pytest.raises(exc, match="n must be a positive integer"):
+        model.expand(n, output=str(out))
+    assert not out.exists()
+
+
+def test_numpy_integer_n_ok(model):
+    assert model.expand(np.int64(7)).shape == (7, 3)
+
+
+def test_unknown_strategy(model, tmp_path):
+    out = tmp_path / "never.zarr"
+    with pytest.raises(ValueError, match="unknown generation strategy 'nope'"):
+        model.expand(10, generation_strategy="nope", output=str(out))
+    assert not out.exists()
+
+
+def test_bad_bandwidth_and_weighting(model):
+    with pytest.raises(ValueError, match="bandwidth"):
+        model.expand(10, bandwidth=-1.0)
+    with pytest.raises(ValueError, match="bandwidth"):
+        model.expand(10, bandwidth="wide")
+    with pytest.raises(ValueError, match="variance_weighted"):
+        model.expand(10, variance_weighted="yes")
+
+
+def test_feature_types_wrong_length(X):
+    with pytest.raises(ValueError, match="feature_types has 2 entries but X has 3 columns"):
+        HVRT().fit(X, feature_types=["continuous", "categorical"])
+
+
+def test_expand_external_X_wrong_columns(X, model, tmp_path):
+    out = tmp_path / "never.zarr"
+    with pytest.raises(ValueError, match="X has 2 columns but the model was fitted on 3"):
+        model.expand(10, X=X[:, :2], output=str(out))
+    assert not out.exists()
+    m = HVRT().fit(pd.DataFrame(X, columns=["a", "b", "c"]))
+    with pytest.raises(ValueError, match="missing the fitted columns \\['c'\\]"):
+        m.expand(10, X=pd.DataFrame(X[:, :2], columns=["a", "b"]))
+    # correct external data works
+    assert m.expand(20, X=pd.DataFrame(X[:100], columns=["a", "b", "c"])).shape == (20, 3)
+
+
+def test_output_path_exists(model, tmp_path):
+    p = tmp_path / "exists.zarr"
+    os.makedirs(p)
+    with pytest.raises(ValueError, match="already exists"):
+        model.expand(10, output=str(p))
+
+
+def test_bad_y_and_params(X):
+    with pytest.raises(ValueError, match="one value per row"):
+        HVRT(y_weight=0.5).fit(X, y=np.ones(10))
+    with pytest.raises(ValueError, match="tree_splitter"):
+        HVRT(tree_splitter="fast").fit(X)
+    with pytest.raises(ValueError, match="y_weight_mode"):
+        HVRT(y_weight_mode="x").fit(X)
+    with pytest.raises(ValueError, match="n_partitions"):
+        HVRT(n_partitions=0).fit(X)
+
+
+def test_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        HVRT().expand(5)
