@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.spatial.distance import cdist
 
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 
@@ -70,7 +71,7 @@ def medoid_seed(Xp: np.ndarray, exact_max: int = EXACT_MEDOID_MAX) -> int:
         dc = ((Xp - Xp.mean(axis=0)) ** 2).sum(axis=1)
         cand = np.sort(np.argsort(dc, kind="stable")[:k])
     Y = Xp[cand]
-    sums = np.sqrt(((Y[:, None, :] - Y[None, :, :]) ** 2).sum(axis=2)).sum(axis=1)
+    sums = cdist(Y, Y).sum(axis=1)
     return int(cand[int(np.argmin(sums))])
 
 
