@@ -198,16 +198,36 @@ def extract_chunk(spec: dict) -> dict:
     bs = resolve_batch_size(spec["batch_size"], t, d, f, dev)
 
     def step(a: int, b: int) -> None:
+        nb = b - a
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(acts[a:b])).to(dev).reshape(-1, d)
             m = torch.from_numpy(mask[a:b]).to(dev).reshape(-1)
-            z = enc.encode(x)
-            if not bool(m.all()):
-                z[~m] = 0  # padding never counts (all latents are >= 0)
-            delta = acc.delta(z)
-            mx, am = z.view(b - a, t, f).max(dim=1)  # first position of the maximum
-            smax[a:b] = mx.cpu().numpy()
-            sarg[a:b] = am.to(torch.int32).cpu().numpy()
+            z = enc.encode(x)  # [nb * t, f], all latents >= 0
+            # Everything after the encode works on the nonzero latents only (sparse):
+            # statistics, and each sample's max per feature with its first position.
+            flat = z.view(-1)
+            idx = flat.nonzero().squeeze(1)
+            v = flat[idx]
+            row = idx // f
+            feat = idx - row * f
+            all_valid = bool(m.all())
+            if not all_valid:  # padding never counts
+                keep = m[row]
+                row, feat, v = row[keep], feat[keep], v[keep]
+            dense = None
+            if dev.type != "cpu":
+                if not all_valid:
+                    z[~m] = 0
+                dense = z
+            delta = acc.delta(feat, v, dense)
+            sample = row // t
+            pos = row - sample * t
+            key = sample * f + feat
+            mx = torch.zeros(nb * f, dtype=torch.float32, device=dev).scatter_reduce_(0, key, v, "amax")
+            first = torch.where(v == mx[key], pos, torch.full_like(pos, t))
+            am = torch.full((nb * f,), t, dtype=torch.int64, device=dev).scatter_reduce_(0, key, first, "amin")
+            smax[a:b] = mx.view(nb, f).cpu().numpy()
+            sarg[a:b] = am.clamp_(max=t - 1).view(nb, f).to(torch.int32).cpu().numpy()
             acc.add(delta, int(m.sum()))
 
     def on_oom() -> None:

@@ -74,24 +74,30 @@ class StatsAccumulator:
         self.hist = torch.zeros(d_sae * self.n_bins, dtype=torch.int64, device=device)
         self.n_valid_tokens = 0
 
-    def delta(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sums, sums of squares and histogram of latents ``z [N, d_sae]`` (float32, >= 0,
-        padded rows already zeroed), not yet added (so an out-of-memory retry never double counts)."""
-        s = torch.zeros_like(self.sum)
-        ss = torch.zeros_like(self.sumsq)
-        h = torch.zeros_like(self.hist)
-        for a in range(0, z.shape[0], self.BLOCK):
-            b = z[a : a + self.BLOCK]
-            nz = b.nonzero()
-            if nz.shape[0] == 0:
-                continue
-            f = nz[:, 1]
-            v = b[nz[:, 0], f]
-            bins = torch.bucketize(v, self.edges)
-            h += torch.bincount(f * self.n_bins + bins, minlength=self.d_sae * self.n_bins)
-            b64 = b.to(torch.float64)
-            s += b64.sum(0)
-            ss += (b64 * b64).sum(0)
+    def delta(
+        self, features: torch.Tensor, values: torch.Tensor, dense: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sums, sums of squares and histogram of one block, not yet committed (so an
+        out-of-memory retry never double counts).
+
+        ``features``/``values`` are the block's nonzero latents (padding already dropped).
+        On CPU the float64 sums come from them (``bincount`` is sequential, hence
+        deterministic); on other devices, where scattered float adds are atomic and their
+        order varies, they come from ``dense`` (the block's latents, padded rows zeroed).
+        """
+        bins = torch.bucketize(values, self.edges)
+        h = torch.bincount(features * self.n_bins + bins, minlength=self.d_sae * self.n_bins)
+        if dense is None:
+            v64 = values.to(torch.float64)
+            s = torch.bincount(features, weights=v64, minlength=self.d_sae)
+            ss = torch.bincount(features, weights=v64 * v64, minlength=self.d_sae)
+        else:
+            s = torch.zeros_like(self.sum)
+            ss = torch.zeros_like(self.sumsq)
+            for a in range(0, dense.shape[0], self.BLOCK):
+                b64 = dense[a : a + self.BLOCK].to(torch.float64)
+                s += b64.sum(0)
+                ss += (b64 * b64).sum(0)
         return s, ss, h
 
     def add(self, delta: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_valid: int) -> None:
@@ -102,8 +108,11 @@ class StatsAccumulator:
         self.n_valid_tokens += int(n_valid)
 
     def update(self, z: torch.Tensor, n_valid: int) -> None:
-        """``add(delta(z), n_valid)``."""
-        self.add(self.delta(z), n_valid)
+        """Add a dense block ``z [N, d_sae]`` (float32, >= 0, padded rows zeroed)."""
+        idx = z.reshape(-1).nonzero().squeeze(1)
+        feats = idx % self.d_sae
+        dense = None if self.device.type == "cpu" else z
+        self.add(self.delta(feats, z.reshape(-1)[idx], dense), n_valid)
 
     def result(self, sample_max: np.ndarray) -> dict[str, np.ndarray]:
         """The partial (numpy) given this chunk's per-sample maxima ``[S, d_sae]``."""

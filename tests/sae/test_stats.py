@@ -39,12 +39,14 @@ def test_edges_fixed_from_config():
         stats.histogram_edges(8, (2, 1))
 
 
-@pytest.mark.parametrize("block", [7, 2048])
-def test_accumulator_vs_numpy(block, monkeypatch):
+@pytest.mark.parametrize("block,sparse_sums", [(7, False), (2048, False), (2048, True)])
+def test_accumulator_vs_numpy(block, sparse_sums, monkeypatch):
     monkeypatch.setattr(stats.StatsAccumulator, "BLOCK", block)
     z = dense()
     edges = stats.histogram_edges(16, (-3, 3))
     acc = stats.StatsAccumulator(z.shape[1], edges, torch.device("cpu"))
+    if not sparse_sums:  # exercise the dense float64 path used on GPUs
+        monkeypatch.setattr(acc, "device", torch.device("meta"))
     for a in range(0, len(z), 64):
         acc.update(torch.from_numpy(z[a : a + 64]), len(z[a : a + 64]))
     smax = z.reshape(30, 10, -1).max(axis=1)  # 30 "samples" of 10 tokens
@@ -91,7 +93,7 @@ def test_merge_and_aggregate():
 
 def test_delta_is_not_committed_until_add():
     acc = stats.StatsAccumulator(3, stats.histogram_edges(4), torch.device("cpu"))
-    d = acc.delta(torch.ones(5, 3))
+    d = acc.delta(torch.arange(15) % 3, torch.ones(15))
     assert acc.hist.sum() == 0 and acc.n_valid_tokens == 0
     acc.add(d, 5)
     assert acc.hist.sum() == 15 and acc.sum.tolist() == [5.0, 5.0, 5.0]
