@@ -40,6 +40,8 @@ from hvrt_dask.hvrt._chunks import ChunkPartitions
 EXACT_MEDOID_MAX = 200
 #: A batch of padded partitions may hold at most this factor more rows than it really has.
 _MAX_PADDING = 1.5
+#: Padded rows per batch: keeps the (P, d, m) block cache-resident.
+_MAX_BATCH_ROWS = 65536
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,9 @@ def _batches(sizes: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
     total = 0
     for i in order:
         n = int(sizes[i])
-        if cur and (len(cur) + 1) * n > _MAX_PADDING * (total + n):
+        if cur and (
+            (len(cur) + 1) * n > _MAX_PADDING * (total + n) or (len(cur) + 1) * n > _MAX_BATCH_ROWS
+        ):
             out.append(np.asarray(cur))
             cur, total = [], 0
         cur.append(int(i))
