@@ -6,7 +6,7 @@
 3. End to end: ``expand(5n)`` of ``hvrt_dask.HVRT`` (in memory) vs the peer ``hvrt==2.11.0``
    for multivariate_kde and the copula, same data, side by side.
 
-Usage: ``python benchmarks/bench_generation_strategies.py [--rows 100000] [--d 10]``.
+Usage: ``python -m benchmarks.bench_generation_strategies [--rows 100000] [--d 10]``.
 Prints a table and writes ``benchmarks/results/generation_strategies.md``.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 import warnings
 
@@ -29,22 +28,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) / 2**20
-    except OSError:
-        mem = float("nan")
+    import sys
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from benchmarks._machine import machine_description
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"- `uname -a`: {' '.join(platform.uname())}\n- CPU: {cpu}\n- cores: {os.cpu_count()}\n"
-        f"- RAM: {mem:.1f} GiB\n- load average at start: {load:.2f} (shared machine)\n"
-    )
+    return machine_description() + f"\n- load average at start: {load:.2f} (shared machine)\n"
 
 
 def best(fn, repeat=3):

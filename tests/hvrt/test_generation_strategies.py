@@ -234,17 +234,32 @@ def test_tiny_partition_fallback_is_not_row_copies(name, params, factor, n_p):
     np.testing.assert_allclose(dev.std(axis=0) ** 2 + dev.mean(axis=0) ** 2, (bw * s) ** 2, rtol=0.25)
 
 
-def test_singular_covariance_takes_fallback_in_gaussian_kde():
-    d = 3
+def test_singular_covariance_keeps_exact_relations_in_gaussian_kde():
     rng = np.random.default_rng(4)
     t = rng.normal(size=(40, 1))
-    X = np.hstack([t, 2 * t, rng.normal(size=(40, 1))])  # rank-deficient Σ_p
+    X = np.hstack([t, 2 * t, rng.normal(size=(40, 1)), np.full((40, 1), 0.7)])  # singular Σ_p
     parts = ChunkPartitions.from_sizes(np.array([0]), np.array([40]))
     s = GENERATION_STRATEGIES.get("gaussian_kde")
     ctx = s.prepare(X, parts, {"bandwidth": 0.5})
-    assert ctx.fallback[0]
-    Z, base = s.generate(ctx, np.array([200]), _rngs(parts))
-    assert np.isfinite(Z).all() and np.unique(Z, axis=0).shape[0] == 200
+    assert not ctx.fallback[0]
+    Z, base = s.generate(ctx, np.array([5000]), _rngs(parts))
+    assert np.isfinite(Z).all() and np.unique(Z, axis=0).shape[0] == 5000
+    # the collinear pair and the constant column survive (PSD repair adds ~1e-4·bw noise)
+    np.testing.assert_allclose(Z[:, 1], 2 * Z[:, 0], atol=1e-3)
+    np.testing.assert_allclose(Z[:, 3], 0.7, atol=1e-3)
+    # the regular direction gets the full kernel: var = biased var + bw² · unbiased var
+    x = X[:, 2]
+    assert Z[:, 2].var() == pytest.approx(x.var() + 0.25 * x.var(ddof=1), rel=0.08)
+
+
+@pytest.mark.parametrize("name", ["multivariate_kde", "gaussian_kde"])
+def test_fallback_keeps_constant_feature_constant(name):
+    d = 5
+    X, parts = _chunk([4, 30], d=d, seed=8)
+    X[:4, 2] = -1.25  # constant over the tiny partition's 4 rows
+    Z, _ = _run(name, X, parts, [300, 0], {"bandwidth": 0.3} if name == "gaussian_kde" else {})
+    assert (Z[:, 2] == -1.25).all()
+    assert np.unique(Z, axis=0).shape[0] == 300
 
 
 def test_copula_single_row_partition_is_uniform_window():

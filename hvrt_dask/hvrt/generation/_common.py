@@ -175,6 +175,9 @@ def shrunk_stds(stds: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     :data:`STD_FLOOR`. This is the diagonal, isotropic-target shrinkage used by the
     small-partition fallback: with few rows a per-feature variance (possibly zero) is
     unreliable, so it borrows strength from the partition's other features.
+
+    A feature that is exactly constant over ``n_p >= 2`` rows keeps ``s_pj = 0`` (a
+    constant or degenerate column stays constant rather than borrowing noise).
     """
     P, d = stds.shape
     if d == 0:
@@ -182,7 +185,9 @@ def shrunk_stds(stds: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     var = stds**2
     alpha = (d / (sizes.astype(np.float64) + d))[:, None]
     s2 = (1.0 - alpha) * var + alpha * var.mean(axis=1, keepdims=True)
-    return np.maximum(np.sqrt(s2), STD_FLOOR)
+    s = np.maximum(np.sqrt(s2), STD_FLOOR)
+    s[(stds == 0) & (sizes[:, None] >= 2)] = 0.0
+    return s
 
 
 def epanechnikov_unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -17,13 +17,18 @@ adaptive : bool (default False)
 Small or singular partitions
 ----------------------------
 The reference gives partitions with ``n_p <= d`` (or a singular ``Σ_p``) ``b_p`` copies of
-the partition's *first* row plus tiny noise. Here they use the shared fallback instead:
-base rows are resampled uniformly from *all* the partition's rows, and bounded
-Epanechnikov noise is added per feature with standard deviation ``bw_p · s_pj``, where
-``s_pj`` is the partition's population std shrunk towards its mean feature variance
-(:func:`~hvrt_dask.hvrt.generation._common.shrunk_stds`). The noise is bounded:
-``|x_j − base_j| <= √5 · bw_p · s_pj``. A covariance counts as singular when its smallest
-eigenvalue is ``<= 1e-12 ×`` its largest (or Cholesky fails).
+the partition's *first* row plus tiny noise. Here:
+
+* ``n_p <= d`` uses the shared small-partition fallback: base rows are resampled uniformly
+  from *all* the partition's rows, and bounded Epanechnikov noise is added per feature
+  with standard deviation ``bw_p · s_pj``, where ``s_pj`` is the partition's population
+  std shrunk towards its mean feature variance
+  (:func:`~hvrt_dask.hvrt.generation._common.shrunk_stds`). The noise is bounded:
+  ``|x_j − base_j| <= √5 · bw_p · s_pj``.
+* ``n_p > d`` with a singular ``Σ_p`` (smallest eigenvalue ``<= 1e-12 ×`` the largest, or a
+  failed Cholesky — collinear or constant features) keeps the Gaussian kernel on the
+  PSD-repaired covariance (eigenvalues clipped at ``1e-8``, plus ``1e-12·I``), so exact
+  linear relations and constant columns survive up to ``~1e-4·bw_p`` noise.
 """
 
 from __future__ import annotations
@@ -76,13 +81,14 @@ class GaussianKDEContext:
     starts, sizes : ndarray of int64, shape (P,)
         Partition offsets and sizes inside the chunk.
     chol : ndarray, shape (P, d, d)
-        Cholesky factor of the *unscaled* unbiased covariance ``Σ_p`` (zero where ``fallback``).
+        Cholesky factor of the *unscaled* unbiased covariance ``Σ_p``, PSD-repaired when
+        singular (zero where ``fallback``).
     factor : ndarray, shape (P,)
         Bandwidth factor ``bw_p`` (unused when ``adaptive``).
     adaptive : bool
         Compute ``bw_p`` from the budgets in ``generate``.
     fallback : ndarray of bool, shape (P,)
-        Partitions with ``n_p <= d`` or a singular covariance.
+        Partitions with ``n_p <= d`` (the small-partition fallback).
     fallback_std : ndarray, shape (P, d)
         Shrunk per-feature std ``s_pj`` (scaled by ``bw_p`` in ``generate``).
     """
@@ -125,13 +131,16 @@ class GaussianKDEStrategy:
             factor = np.full(sizes.shape[0], float(bw))
         means = C.partition_means(X, parts)
         cov = C.partition_covariances(X, parts, ddof=1, means=means)
-        usable = sizes > d
+        fallback = sizes <= d
+        usable = ~fallback
         if usable.any() and d > 0:
             lam = np.linalg.eigvalsh(cov[usable])
             good = lam[:, 0] > _SINGULAR_RTOL * np.maximum(lam[:, -1], np.finfo(float).tiny)
             usable[np.flatnonzero(usable)[~good]] = False
         chol, ok = C.safe_cholesky(cov, usable=usable)
-        fallback = ~ok
+        singular = ~fallback & ~ok
+        if singular.any():  # enough rows, degenerate directions: PSD-repaired kernel
+            chol[singular], _ = C.safe_cholesky(C.psd_repair(cov[singular]))
         chol[fallback] = 0.0
         std = C.shrunk_stds(C.partition_stds(X, parts, means), sizes)
         return GaussianKDEContext(X, parts.starts, sizes, chol, factor, adaptive, fallback, std)
