@@ -60,7 +60,7 @@ def run_chain(cfg: dict, client=None, log=print) -> dict:
     log(f"extract: {res.n_chunks} chunks -> {res.path}")
     h = dict(cfg.get("html") or {})
     if h:
-        n = int(h.get("features", 200))
+        n = min(int(h.get("features", 200)), int(rec["d_sae"]))
         export_html(res.path, h["path"], features=range(n), max_examples=int(h.get("max_examples", 10)))
         summary["html"] = h["path"]
         log(f"html: {h['path']}")
