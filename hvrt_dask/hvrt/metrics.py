@@ -66,7 +66,9 @@ def _is_dask(obj: Any) -> bool:
 def _resolve_seed(random_state: int | None) -> int:
     if random_state is None:
         return int(config.get("seed-default", 42))
-    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, (int, np.integer)):
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(
+        random_state, (int, np.integer)
+    ):
         raise TypeError(f"random_state must be an int or None, got {random_state!r}")
     return int(random_state)
 
@@ -92,6 +94,11 @@ def _check_numeric(obj: Any, role: str) -> None:
             raise TypeError(f"{role} column {col!r} has non-numeric dtype {dt}; encode it first")
 
 
+def _sample_rows(seed: int, n: int, m: int, *key: str) -> np.ndarray:
+    """Sorted positions of ``m`` of ``n`` rows, uniform without replacement, keyed by ``key``."""
+    return np.sort(generator(seed, "metrics", *key).choice(n, m, replace=False))
+
+
 def _to_sample(obj: Any, role: str, n_max: int, seed: int) -> tuple[np.ndarray, list[str] | None]:
     """Coerce one input to a float64 matrix of at most ``n_max`` rows (seeded sample)."""
     if obj is None:
@@ -115,7 +122,7 @@ def _to_sample(obj: Any, role: str, n_max: int, seed: int) -> tuple[np.ndarray, 
             raise ValueError(f"{role} data must be 2-D, got {arr.ndim} dimensions")
         n = arr.shape[0]
         if n > n_max:
-            idx = np.sort(generator(seed, "metrics", "sample", role).choice(n, n_max, replace=False))
+            idx = _sample_rows(seed, n, n_max, "sample", role)
             arr = arr[idx]
         X = np.asarray(arr.compute(), dtype=np.float64)
     else:
@@ -130,7 +137,7 @@ def _to_sample(obj: Any, role: str, n_max: int, seed: int) -> tuple[np.ndarray, 
             raise ValueError(f"{role} data must be 2-D, got {X.ndim} dimensions")
         n = X.shape[0]
         if n > n_max:
-            idx = np.sort(generator(seed, "metrics", "sample", role).choice(n, n_max, replace=False))
+            idx = _sample_rows(seed, n, n_max, "sample", role)
             X = X[idx]
     if X.shape[0] < 2:
         raise ValueError(f"{role} data needs at least 2 rows, got {X.shape[0]}")
@@ -228,10 +235,12 @@ def _discriminator(
 
     m = min(R.shape[0], S.shape[0])
     if m < n_splits:
-        raise ValueError(f"discriminator_auc needs at least n_splits={n_splits} rows per side, got {m}")
+        raise ValueError(
+            f"discriminator_auc needs at least n_splits={n_splits} rows per side, got {m}"
+        )
     # Balanced: the same number of real and synthetic rows, chosen by seeded sampling.
-    Rb = R[np.sort(generator(seed, "metrics", "discriminator", "real").choice(R.shape[0], m, replace=False))]
-    Sb = S[np.sort(generator(seed, "metrics", "discriminator", "synth").choice(S.shape[0], m, replace=False))]
+    Rb = R[_sample_rows(seed, R.shape[0], m, "discriminator", "real")]
+    Sb = S[_sample_rows(seed, S.shape[0], m, "discriminator", "synth")]
     X = np.vstack([Rb, Sb])
     y = np.repeat([0, 1], m)
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=_int_seed(seed, "cv"))
@@ -279,7 +288,9 @@ def _tstr(
     if task == "regression":
         if metric not in (None, "r2"):
             raise ValueError(f"regression tstr supports metric='r2' only, got {metric!r}")
-        model = HistGradientBoostingRegressor(max_iter=max_iter, early_stopping=False, random_state=rs)
+        model = HistGradientBoostingRegressor(
+            max_iter=max_iter, early_stopping=False, random_state=rs
+        )
         with _threads():
             model.fit(Xs, ys)
             pred = model.predict(Xr)
@@ -293,7 +304,9 @@ def _tstr(
         raise ValueError(f"classification tstr supports metric='auc' or 'f1', got {metric!r}")
     if np.unique(ys).size < 2:
         return float("nan")  # the synthetic data hold one class: nothing to learn
-    model = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=False, random_state=rs)
+    model = HistGradientBoostingClassifier(
+        max_iter=max_iter, early_stopping=False, random_state=rs
+    )
     with _threads():
         model.fit(Xs, ys)
         pred, proba = model.predict(Xr), model.predict_proba(Xr)
@@ -353,7 +366,7 @@ def marginal_fidelity(
 def correlation_fidelity(
     real: Any, synth: Any, *, sample_size: int | None = None, random_state: int | None = None
 ) -> float:
-    """Correlation fidelity ``1 − ‖C − C̃‖_F / ‖C‖_F`` of the Pearson correlation matrices.
+    """Correlation fidelity ``1 − ‖C − C̃‖_F / ‖C‖_F`` of the Pearson correlations.
 
     Constant columns count as uncorrelated with everything.
 
@@ -525,7 +538,10 @@ def fidelity_report(
         ``{metric name: value}`` in the requested order. Feed several reports to
         :func:`fidelity_table` for a comparison table.
     """
-    names = list(metrics) if metrics is not None else list(DEFAULT_METRICS) + (["tstr"] if target is not None else [])
+    if metrics is not None:
+        names = list(metrics)
+    else:
+        names = list(DEFAULT_METRICS) + (["tstr"] if target is not None else [])
     known = set(DEFAULT_METRICS) | {"tstr"}
     unknown = [m for m in names if m not in known]
     if unknown:
@@ -567,6 +583,14 @@ def fidelity_table(reports: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     return pd.DataFrame.from_dict({k: dict(v) for k, v in reports.items()}, orient="index")
 
 
-for _f in (marginal_fidelity, correlation_fidelity, tail_preservation, discriminator_auc, dcr, tstr, fidelity_report):
+for _f in (
+    marginal_fidelity,
+    correlation_fidelity,
+    tail_preservation,
+    discriminator_auc,
+    dcr,
+    tstr,
+    fidelity_report,
+):
     _f.__doc__ = _f.__doc__.replace("{common}", _DOC_COMMON).replace("{{", "{").replace("}}", "}")
 del _f

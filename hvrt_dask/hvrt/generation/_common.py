@@ -120,7 +120,9 @@ def partition_covariances(
     return C
 
 
-def partition_stds(X: np.ndarray, parts: ChunkPartitions, means: np.ndarray | None = None) -> np.ndarray:
+def partition_stds(
+    X: np.ndarray, parts: ChunkPartitions, means: np.ndarray | None = None
+) -> np.ndarray:
     """Per-partition population standard deviations, shape ``(P, d)`` (not floored)."""
     if means is None:
         means = partition_means(X, parts)
@@ -171,8 +173,8 @@ def safe_cholesky(C: np.ndarray, usable: np.ndarray | None = None) -> tuple[np.n
 def shrunk_stds(stds: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Per-feature standard deviations shrunk towards the partition's mean variance.
 
-    ``s²_pj = (1 − α_p)·σ²_pj + α_p·mean_j σ²_pj`` with ``α_p = d / (n_p + d)``, floored at
-    :data:`STD_FLOOR`. This is the diagonal, isotropic-target shrinkage used by the
+    ``s²_pj = (1 − α_p)·σ²_pj + α_p·mean_j σ²_pj`` with ``α_p = d / (n_p + d)``,
+    floored at :data:`STD_FLOOR`. This is the diagonal, isotropic-target shrinkage used by the
     small-partition fallback: with few rows a per-feature variance (possibly zero) is
     unreliable, so it borrows strength from the partition's other features.
 

@@ -104,7 +104,7 @@ class GaussianKDEContext:
 
 
 def adaptive_factor(sizes: np.ndarray, budgets: np.ndarray, d: int) -> np.ndarray:
-    """Budget-aware bandwidth ``n_p^(−1/(d+4)) · max(1, b_p/n_p)^(1/d)`` (Scott for ``n_p < 2``)."""
+    """Budget-aware bandwidth ``n_p^(−1/(d+4)) · max(1, b_p/n_p)^(1/d)`` (Scott if ``n_p < 2``)."""
     sizes = np.asarray(sizes, dtype=np.float64)
     ratio = np.maximum(1.0, np.asarray(budgets, dtype=np.float64) / sizes)
     bw = C.scott_factor(sizes, d) * ratio ** (1.0 / max(d, 1))
