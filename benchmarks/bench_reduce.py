@@ -208,11 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="1000,5000,20000,50000,1000000")
     ap.add_argument("--scale", action="store_true", help="also run the 20M-row Zarr scale test")
     ap.add_argument("--scale-only", action="store_true")
+    ap.add_argument("--scale-n", type=int, default=20_000_000)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "reduce.md"))
     args = ap.parse_args(argv)
     rows = [] if args.scale_only else run_sizes([int(s) for s in args.sizes.split(",")], not args.no_peer)
-    scale = run_scale() if (args.scale or args.scale_only) else None
+    scale = run_scale(args.scale_n) if (args.scale or args.scale_only) else None
     if scale:
         print(scale)
     write_results(rows, scale, args.out)

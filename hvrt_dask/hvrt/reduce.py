@@ -82,15 +82,13 @@ def select_chunk(
 
 def _select_block(
     ctx_block: np.ndarray,
+    info_block: np.ndarray,
     strategy: SelectionStrategy,
-    tables: list[ChunkPartitions],
-    budgets: list[np.ndarray],
     seed: int,
     call: int,
-    block_id: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    c = block_id[0]
-    return select_chunk(strategy, ctx_block[0, 0], tables[c], budgets[c], seed, call)
+    table, budgets = info_block[0, 0]
+    return select_chunk(strategy, ctx_block[0, 0], table, budgets, seed, call)
 
 
 def _take_rows(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -230,11 +228,16 @@ class ReduceMixin:
             rows = rows.astype(np.int64, copy=False)
         else:
             bchunks = tuple(int(b.sum()) for b in chunk_budgets)
-            sel = contexts.array.map_blocks(
+            # Each task gets only its own (table, budgets): one small object block per chunk.
+            info = np.empty((len(tables), 1), dtype=object)
+            for c, (t, b) in enumerate(zip(tables, chunk_budgets)):
+                info[c, 0] = (t, b)
+            info_arr = da.from_array(info, chunks=(1, 1), name=False)
+            sel = da.map_blocks(
                 _select_block,
+                contexts.array,
+                info_arr,
                 strategy,
-                tables,
-                chunk_budgets,
                 seed,
                 call,
                 dtype=np.int64,
