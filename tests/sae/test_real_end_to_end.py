@@ -54,13 +54,13 @@ def _reference_topk(store_path, sae_dir, top_k):
 def test_kjv_minilm_capture_train_extract(tmp_path, client):
     model_dir = minilm.get_model_path()
     store = tmp_path / "acts.zarr"
-    rep = capture_activations("kjv", model_dir, store, layer=3, seq_len=64, max_samples=240, chunk_samples=40,
+    rep = capture_activations("kjv", model_dir, store, layer=3, seq_len=64, max_samples=160, chunk_samples=32,
                               batch_size=20, dtype="float16", client=client, progress=False)
-    assert rep.n_samples == 240 and rep.chunks_run == 6
+    assert rep.n_samples == 160 and rep.chunks_run == 5
     sae_dir = tmp_path / "sae"
-    record = train_sae(store, sae_dir, d_sae=256, steps=40, batch_tokens=1024, lr=4e-3, l1_coefficient=3.0, seed=7,
+    record = train_sae(store, sae_dir, d_sae=128, steps=30, batch_tokens=1024, lr=4e-3, l1_coefficient=3.0, seed=7,
                        progress=False)
-    assert record["fve"] > 0.3 and 0 < record["l0"] < 256
+    assert record["fve"] > 0.3 and 0 < record["l0"] < 128
     out = tmp_path / "features.zarr"
     extract_mod.extract_features(store, sae_dir, out, top_k=TOP_K, prefix=4, suffix=4, split_every=2, max_in_flight=3,
                                  client=client, progress=False)
@@ -84,7 +84,7 @@ def test_kjv_minilm_capture_train_extract(tmp_path, client):
         # membership agrees except for samples whose value is within tolerance of the k-th value
         for s in set(gs.tolist()) ^ set(rs):
             assert abs(sample_max[s, j] - kth) <= tol, (j, s, sample_max[s, j], kth)
-    assert n_live > 50
+    assert n_live > 40
     html = tmp_path / "features.html"
     export_mod.export_html(out, html, features=range(0, 20))
     text = html.read_text()
