@@ -39,14 +39,14 @@ def own_cluster():
         yield lc, c
 
 
-def _table(path, n=24_000, d=6, seed=0):
+def _table(path, n=4000, d=6, seed=0, chunk=500):
     import zarr
 
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
     X[:, 1] = X[:, 0] * 0.7 + 0.3 * X[:, 1]
     X[:, 2] = np.exp(X[:, 2] / 2)
-    z = zarr.create_array(str(path), shape=X.shape, chunks=(2000, d), dtype="float64")
+    z = zarr.create_array(str(path), shape=X.shape, chunks=(chunk, d), dtype="float64")
     z[:] = X
     return str(path)
 
@@ -79,8 +79,8 @@ def _with_killed_worker(lc, client, after, fn):
 def test_worker_killed_mid_hvrt_stage(stage, tmp_path, own_cluster):
     lc, client = own_cluster
     data = _table(tmp_path / "X.zarr")
-    raw = {"data": data, "n": 24_000} if stage == "expand" else {"data": data, "n": 3000, "method": "stratified"}
-    with dask.config.set({"hvrt.chunks.target-rows": 1500}):
+    raw = {"data": data, "n": 4000} if stage == "expand" else {"data": data, "n": 500, "method": "stratified"}
+    with dask.config.set({"hvrt.chunks.target-rows": 500}):
         ref = _run(stage, raw, tmp_path, client, "undisturbed")
         got = _with_killed_worker(lc, client, 4, lambda: _run(stage, raw, tmp_path, client, "killed"))
     assert_same_arrays(read_arrays(ref["out"]), read_arrays(got["out"]))
@@ -155,26 +155,32 @@ def test_pipeline_process_killed_mid_extraction_then_rerun(tmp_path):
 
 def test_memory_limit_smaller_than_dataset_spills(tmp_path):
     """Workers whose memory limit is below the (persisted) dataset spill to disk and finish."""
+    import zarr
     from distributed import Client, LocalCluster
 
-    data = _table(tmp_path / "X.zarr", n=300_000, d=16)  # 38 MB of float64
-    raw = {"data": data, "n": 5000, "method": "stratified", "persist_input": True}
-    with dask.config.set({"hvrt.chunks.target-rows": 20_000}):
-        with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                          dashboard_address=None, memory_limit="2GiB") as lc, Client(lc) as c:
-            ref = _run("reduce", raw, tmp_path, c, "roomy")
-        cfg = {
-            "distributed.worker.memory.target": 0.6,
-            "distributed.worker.memory.spill": False,
-            "distributed.worker.memory.pause": False,
-            "distributed.worker.memory.terminate": False,
-        }
-        with dask.config.set(cfg), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                                host="127.0.0.1", dashboard_address=None,
-                                                memory_limit="24MiB") as lc, Client(lc) as c:
-            got = _run("reduce", raw, tmp_path, c, "tight")
-            spilled = c.run(lambda dask_worker: sum(
-                v for (label, unit), v in dask_worker.data.cumulative_metrics.items()
-                if label == "disk-write" and unit == "count"))
-    assert sum(spilled.values()) > 0, f"no spilling happened: {spilled}"
-    assert_same_arrays(read_arrays(ref["out"]), read_arrays(got["out"]))
+    n = 100_000
+    data = _table(tmp_path / "X.zarr", n=n, d=16, chunk=n // 15)  # 12.8 MB of float64
+    X = zarr.open_array(data, mode="r")[:]
+    raw = {"data": data, "n": 2000, "method": "stratified", "persist_input": True}
+    cfg = {
+        "hvrt.chunks.target-rows": n // 15,
+        # 12 MiB per worker holds less than the 6.4 MB half of the data each one persists
+        # (target 0.6 = 7.5 MB of managed memory); only spilling can make this finish.
+        "distributed.worker.memory.target": 0.6,
+        "distributed.worker.memory.spill": False,
+        "distributed.worker.memory.pause": False,
+        "distributed.worker.memory.terminate": False,
+    }
+    with dask.config.set(cfg), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                            host="127.0.0.1", dashboard_address=None,
+                                            memory_limit="12MiB") as lc, Client(lc) as c:
+        got = _run("reduce", raw, tmp_path, c, "tight")
+        spilled = c.run(lambda dask_worker: sum(
+            v for (label, unit), v in dask_worker.data.cumulative_metrics.items()
+            if label == "disk-write" and unit == "bytes"))
+    assert sum(spilled.values()) > X.nbytes / 4, f"too little spilling: {spilled}"
+    R = read_arrays(got["out"])[""]
+    assert R.shape == (2000, 16)
+    # every selected row is a distinct row of the data (an independent check of the output)
+    rows = {r.tobytes() for r in X}
+    assert all(r.tobytes() in rows for r in R) and len({r.tobytes() for r in R}) == 2000
