@@ -165,3 +165,15 @@ def test_size_aware_weighting_tracks_the_data_better_than_the_reference_rule(X):
 
     # the reference rule oversamples high-|z| leaves and inflates the spread
     assert marginal_err("size_aware") < marginal_err(True)
+
+
+def test_lazy_external_x_matches_in_memory(X, sync_scheduler):
+    ext = X[::2] + 0.01
+    lazy = HVRT(random_state=0).fit(da.from_array(X, chunks=(500, -1)))
+    o, i = lazy.reduce(n=100, X=da.from_array(ext, chunks=(300, -1)), method="variance_ordered",
+                       return_indices=True)
+    o, i = dask.compute(o, i)
+    np.testing.assert_array_equal(o, ext[i])
+    _, i2 = HVRT(random_state=0).fit(X).reduce(n=100, X=ext, method="variance_ordered",
+                                               return_indices=True)
+    np.testing.assert_array_equal(i, i2)
