@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 PARTIALS = "partials"
 RUN_FILE = "run.json"
-META_KEYS = ("chunks", "workers", "batch_size", "seconds", "n_nonfinite_masked")
+META_KEYS = ("chunks", "workers", "batch_size", "seconds", "read_seconds", "n_nonfinite_masked")
 # run.json keys that must match for a resume to reuse partials
 RESUME_KEYS = ("store", "n_samples", "seq_len", "d_in", "chunk_samples", "sae_hash", "top_k", "histogram_edges", "nonfinite")
 
@@ -178,8 +178,25 @@ def _check_finite(acts: np.ndarray, mask: np.ndarray, start: int, cid: int, mode
     return mask & finite, int(bad.sum())
 
 
-def extract_chunk(spec: dict) -> dict:
-    """First-pass task: the partial (top-k + statistics + meta) of one chunk of samples."""
+def read_chunk(spec: dict) -> dict:
+    """Read task: one chunk's activations and validity mask, checked for NaN/inf.
+
+    Separate from :func:`extract_chunk` so that a worker reads the next chunks on its spare
+    threads while its GPU encodes the current one (the compute task then finds the data in
+    the same worker's memory).
+    """
+    t0 = time.perf_counter()
+    cid, start, stop = spec["chunk"], spec["start"], spec["stop"]
+    acts, mask, _ = _read_chunk(spec["store"], cid, start, stop)
+    mask, n_masked = _check_finite(acts, mask, start, cid, spec["nonfinite"])
+    return {"acts": acts, "mask": mask, "n_masked": n_masked, "read_s": time.perf_counter() - t0}
+
+
+def extract_chunk(spec: dict, data: dict | None = None) -> dict:
+    """First-pass task: the partial (top-k + statistics + meta) of one chunk of samples.
+
+    ``data`` is the result of :func:`read_chunk` (read here when None).
+    """
     import torch
 
     from hvrt_dask.sae.encode import resolve_batch_size, run_batches
@@ -188,8 +205,9 @@ def extract_chunk(spec: dict) -> dict:
     cid, start, stop = spec["chunk"], spec["start"], spec["stop"]
     enc = get_encoder(spec["sae_path"], spec["sae_hash"], spec["device"])
     dev = enc.device
-    acts, mask, _ = _read_chunk(spec["store"], cid, start, stop)
-    mask, n_masked = _check_finite(acts, mask, start, cid, spec["nonfinite"])
+    if data is None:
+        data = read_chunk(spec)
+    acts, mask, n_masked = data["acts"], data["mask"], data["n_masked"]
     s, t, d = acts.shape
     f = enc.d_sae
     smax = np.zeros((s, f), np.float32)
@@ -242,6 +260,7 @@ def extract_chunk(spec: dict) -> dict:
         workers=np.array([_worker_address()]),
         batch_size=np.int64(bs),
         seconds=np.float64(time.perf_counter() - t0),
+        read_seconds=np.float64(data["read_s"]),
         n_nonfinite_masked=np.int64(n_masked),
     )
     if spec.get("partials_dir"):
@@ -258,6 +277,7 @@ def combine_partials(*parts: dict) -> dict:
     out["workers"] = np.unique(np.concatenate([p["workers"] for p in parts]))
     out["batch_size"] = np.int64(min(int(p["batch_size"]) for p in parts))
     out["seconds"] = np.float64(sum(float(p["seconds"]) for p in parts))
+    out["read_seconds"] = np.float64(sum(float(p["read_seconds"]) for p in parts))
     out["n_nonfinite_masked"] = np.int64(sum(int(p["n_nonfinite_masked"]) for p in parts))
     return out
 
@@ -715,7 +735,11 @@ def extract_features(
 
     def make(item):
         cid, a, b = item
-        return ex.submit(extract_chunk, {**base_spec, "chunk": cid, "start": a, "stop": b}, gpu=True, key=f"hvrt-sae-chunk-{cid}")
+        spec = {**base_spec, "chunk": cid, "start": a, "stop": b}
+        if client is None:
+            return ex.submit(extract_chunk, spec)
+        data = ex.submit(read_chunk, spec, key=f"hvrt-sae-read-{cid}")  # any thread, prefetched
+        return ex.submit(extract_chunk, spec, data, gpu=True, key=f"hvrt-sae-chunk-{cid}")
 
     def on_done(item, fut):
         cid, a, b = item
@@ -773,6 +797,7 @@ def extract_features(
         "samples_per_s": (st.n_samples - sum(b - a for c, a, b in bounds if c < 0)) / max(t2 - t1, 1e-9),
         "valid_tokens_per_s": n_tok / max(t2 - t1, 1e-9),
         "task_seconds": float(final["seconds"]),
+        "read_seconds": float(final["read_seconds"]),
     }
     workers = [str(x) for x in final["workers"]]
     summary = {
