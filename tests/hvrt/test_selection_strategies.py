@@ -130,13 +130,7 @@ def test_matches_sequential_reference_for_several_chunkings(data, fitted, method
 def test_lazy_input_on_local_cluster_matches_reference(client, data, method):
     X = da.from_array(data, chunks=(700, -1))
     with dask.config.set({"hvrt.chunks.target-rows": 400}):
-        try:
-            model = HVRT(random_state=3).fit(X)
-        except AttributeError as exc:  # core _layout.py calls da.persist (reported)
-            if "persist" not in str(exc):
-                raise
-            with dask.config.set(scheduler="sync"):
-                model = HVRT(random_state=3).fit(X)
+        model = HVRT(random_state=3).fit(X)
     assert model.grouped_.n_chunks > 2
     out, idx = model.reduce(ratio=0.25, method=method, return_indices=True)
     assert isinstance(out, da.Array) and isinstance(idx, da.Array)
