@@ -120,6 +120,24 @@ class TorchEncoder:
         pre = torch.einsum("ewd,ed->ew", xp, wcols) + self.b_enc[features][:, None]
         return self.activate(pre, features[:, None])
 
+    def encode_sample_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Latents of samples ``x [B, T, d_in]`` for a few features per sample ``features [B, m]``.
+
+        Returns ``[B, T, m]``: column ``j`` of sample ``b`` is feature ``features[b, j]``. One
+        batched matmul against the gathered encoder columns (the context-window pass needs
+        only the features whose top examples lie in each sample). ``topk`` needs every
+        feature of a token, so it encodes fully and gathers.
+        """
+        x = x.to(self.device, torch.float32)
+        b, t, d = x.shape
+        if self.sae.architecture == "topk":
+            z = self.encode(x.reshape(b * t, d)).reshape(b, t, -1)
+            return z.gather(2, features[:, None, :].expand(b, t, features.shape[1]))
+        xp = self.preprocess(x)
+        w = self.W_enc.T[features]  # [B, m, d_in]
+        pre = torch.bmm(xp, w.transpose(1, 2)) + self.b_enc[features][:, None, :]
+        return self.activate(pre, features[:, None, :])
+
 
 def encode_numpy(sae: SAE, x: np.ndarray, device: str | None = "cpu") -> np.ndarray:
     """Convenience: latents of ``x [..., d_in]`` as a float32 numpy array ``[..., d_sae]``."""

@@ -299,21 +299,42 @@ def gather_windows(spec: dict) -> dict:
     pos = np.asarray(spec["positions"], np.int64)
     n, t, d = acts.shape
     offsets = np.arange(-spec["prefix"], spec["suffix"] + 1)
-    w = offsets.size
     tp = pos[:, None] + offsets[None, :]
     inside = (tp >= 0) & (tp < t)
     tc = np.clip(tp, 0, t - 1)
     tok = np.where(inside, tokens[s_loc[:, None], tc], -1).astype(np.int32)
     valid = inside & mask[s_loc[:, None], tc]
     out = np.empty(tok.shape, np.float32)
-    per_example = w * 4 * (d * 2 + (enc.d_sae if enc.sae.architecture == "topk" else 1))
-    eb = max(1, (256 << 20) // per_example)
+    # group the examples by sample: one batched matmul per group of samples against only the
+    # encoder columns of the features whose examples they hold
+    order = np.lexsort((feats, s_loc))
+    s_sorted = s_loc[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    counts = np.diff(np.r_[starts, len(order)])
+    col = np.empty(len(order), np.int64)
+    col[order] = np.arange(len(order)) - np.repeat(starts, counts)
+    per_col = 4 * (3 * t + d) if enc.sae.architecture != "topk" else 4 * 2 * t * enc.d_sae
+    budget = 256 << 20
+    g = 0
     with torch.no_grad():
-        for a in range(0, len(feats), eb):
-            b = min(len(feats), a + eb)
-            x = torch.from_numpy(np.ascontiguousarray(acts[s_loc[a:b, None], tc[a:b]]))
-            z = enc.encode_features(x.to(enc.device), torch.from_numpy(feats[a:b]).to(enc.device))
-            out[a:b] = z.cpu().numpy()
+        while g < len(starts):
+            h = g + 1
+            width = counts[g]
+            while h < len(starts):
+                w2 = max(width, counts[h])
+                cost = (h + 1 - g) * (per_col if enc.sae.architecture == "topk" else w2 * per_col)
+                if cost > budget:
+                    break
+                width, h = w2, h + 1
+            ex_idx = order[starts[g] : (starts[h] if h < len(starts) else len(order))]
+            samp = s_sorted[starts[g:h]]
+            bl = np.repeat(np.arange(h - g), counts[g:h])
+            fm = np.zeros((h - g, width), np.int64)
+            fm[bl, col[ex_idx]] = feats[ex_idx]
+            x = torch.from_numpy(np.ascontiguousarray(acts[samp])).to(enc.device)
+            z = enc.encode_sample_features(x, torch.from_numpy(fm).to(enc.device)).cpu().numpy()
+            out[ex_idx] = z[bl[:, None], tc[ex_idx], col[ex_idx][:, None]]
+            g = h
     out[~valid] = np.nan
     return {"tokens": tok, "acts": out}
 

@@ -107,3 +107,15 @@ def test_oom_halving_and_retry():
 
     with pytest.raises(ValueError):
         run_batches(4, 4, other)
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
+def test_sample_feature_subset_matches_full(tmp_path, arch):
+    make_sae(tmp_path / "s", d_in=12, d_sae=40, arch=arch, k=4)
+    enc = TorchEncoder(load_sae(tmp_path / "s"))
+    rng = np.random.default_rng(2)
+    x = rng.integers(-16, 17, size=(6, 9, 12)).astype(np.float32) / 8
+    feats = rng.integers(0, 40, size=(6, 5))
+    full = enc.encode(torch.from_numpy(x.reshape(-1, 12))).reshape(6, 9, 40).numpy()
+    sub = enc.encode_sample_features(torch.from_numpy(x), torch.from_numpy(feats)).numpy()
+    np.testing.assert_array_equal(sub, np.take_along_axis(full, feats[:, None, :].repeat(9, 1), 2))
