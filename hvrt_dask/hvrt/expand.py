@@ -122,9 +122,15 @@ class _Post:
 
     def __call__(self, Z, base, Xraw, table: ChunkPartitions, b, seed: int, call: int) -> np.ndarray:
         total = int(np.sum(b))
-        out = np.empty((total, self.d), dtype=np.float64)
-        if len(self.cont):
-            out[:, self.cont] = np.asarray(Z, dtype=np.float64) * self.scale + self.center
+        Z = np.asarray(Z, dtype=np.float64)
+        if len(self.cat) == 0 and Z.flags.writeable and Z.shape == (total, self.d):
+            out = Z  # all continuous, already in column order: transform in place
+            out *= self.scale
+            out += self.center
+        else:
+            out = np.empty((total, self.d), dtype=np.float64)
+            if len(self.cont):
+                out[:, self.cont] = Z * self.scale + self.center
         if len(self.cat):
             base = np.array(base, dtype=np.int64, copy=True)
             missing = base < 0
@@ -218,14 +224,20 @@ def expand_raw(
     chunk_budgets = [budgets[idx] for idx in g.part_index]
     totals = tuple(int(b.sum()) for b in chunk_budgets)
     if g.local is not None:
-        parts = [
-            _gen_chunk(g.local["X"][c], entry.local[c], strategy, chunk_budgets[c], g.tables[c], seed, call, post)
-            for c in range(g.n_chunks)
-        ]
-        out = np.concatenate(parts, axis=0) if parts else np.empty((0, spec.n_features))
-        if shuffle == "global":
-            out = out[generator(seed, "expand-shuffle", call).permutation(len(out))]
-        elif shuffle == "blocks":
+        # Canonical row i goes to position dest[i]: one scatter per chunk, no concatenate.
+        dest = generator(seed, "expand-shuffle", call).permutation(n) if shuffle == "global" else None
+        out = np.empty((n, spec.n_features), dtype=np.float64)
+        parts, pos = [], 0
+        for c in range(g.n_chunks):
+            part = _gen_chunk(g.local["X"][c], entry.local[c], strategy, chunk_budgets[c], g.tables[c], seed, call, post)
+            if dest is not None:
+                out[dest[pos : pos + len(part)]] = part
+            elif shuffle == "none":
+                out[pos : pos + len(part)] = part
+            else:
+                parts.append(part)
+            pos += len(part)
+        if shuffle == "blocks":
             order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
             out = np.concatenate([parts[c] for c in order], axis=0)
         return out
@@ -234,7 +246,10 @@ def expand_raw(
         dtype=np.float64, chunks=(totals, (spec.n_features,)), meta=np.empty((0, 0)),
     )
     if shuffle == "global":
-        out = out[generator(seed, "expand-shuffle", call).permutation(n)]
+        dest = generator(seed, "expand-shuffle", call).permutation(n)
+        inv = np.empty_like(dest)
+        inv[dest] = np.arange(n, dtype=dest.dtype)
+        out = out[inv]  # the same order as the in-memory scatter
     elif shuffle == "blocks":
         order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
         out = da.concatenate([out.blocks[int(c)] for c in order if totals[c]], axis=0)
