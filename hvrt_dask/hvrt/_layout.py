@@ -128,11 +128,13 @@ def group_rows(
         # measured to be as fast but fails on groups larger than an input chunk
         # (it splits columns and then mis-indexes) in dask 2026.8.0.
         Xg = X[order].rechunk({0: tuple(chunk_sizes), 1: -1})
-        Xz = Xg.map_blocks(to_z, dtype=np.float64)
         rows = da.from_array(order, chunks=(tuple(chunk_sizes),))
         local = None
         if persist:
-            Xg, Xz, rows = dask.persist(Xg, Xz, rows)
+            Xg, rows = dask.persist(Xg, rows)
+        # z-space is derived block-wise from the persisted raw chunks on demand, rather than
+        # persisted too: it is one cheap affine map, and keeping it would double the memory.
+        Xz = Xg.map_blocks(to_z, dtype=np.float64)
     else:
         Xs = np.asarray(X)[order]
         Zs = to_z(Xs)
