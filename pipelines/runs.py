@@ -42,7 +42,12 @@ RUN_JSON = "run.json"
 REPORT = "performance-report.html"
 LOCK = ".lock"
 # A stage whose upstream stage was redone in the same run starts over (its input changed).
-DEPENDS = {"train_sae": ("capture",), "extract": ("capture", "train_sae")}
+DEPENDS = {
+    "train_sae": ("capture",),
+    "extract": ("capture", "train_sae"),
+    "html": ("capture", "train_sae", "extract"),
+    "jsonl": ("capture", "train_sae", "extract"),
+}
 
 VERSIONED = (
     "hvrt-dask", "dask", "distributed", "numpy", "scipy", "scikit-learn", "pandas", "zarr",

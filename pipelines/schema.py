@@ -31,7 +31,7 @@ import yaml
 
 from hvrt_dask import config as hconfig
 
-STAGES = ("expand", "reduce", "capture", "train_sae", "extract")
+STAGES = ("expand", "reduce", "capture", "train_sae", "extract", "html", "jsonl")
 # The library function each engine stage calls (module, attribute); used to accept extra
 # engine parameters in configs and by pipelines.stages.
 ENGINE_FUNCTIONS = {
@@ -193,6 +193,29 @@ class ExtractSection:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class HtmlSection:
+    """``hvrt_dask.sae.export.export_html(out, path, features, max_examples)``.
+
+    ``out`` (the extraction output) defaults to the ``extract`` section's output; ``features``
+    is a count (the first N features) or a list of feature ids.
+    """
+
+    path: str
+    features: int | list[int] | None = 50
+    max_examples: int = 10
+    out: str | None = None
+
+
+@dataclass
+class JsonlSection:
+    """``hvrt_dask.sae.export.export_jsonl(out, path, features)`` (all features by default)."""
+
+    path: str
+    features: int | list[int] | None = None
+    out: str | None = None
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSection,
     "cluster": ClusterSection,
@@ -201,6 +224,8 @@ SECTIONS: dict[str, type] = {
     "capture": CaptureSection,
     "train_sae": TrainSAESection,
     "extract": ExtractSection,
+    "html": HtmlSection,
+    "jsonl": JsonlSection,
 }
 
 
@@ -216,6 +241,8 @@ class PipelineConfig:
     capture: CaptureSection | None = None
     train_sae: TrainSAESection | None = None
     extract: ExtractSection | None = None
+    html: HtmlSection | None = None
+    jsonl: JsonlSection | None = None
 
     @property
     def stages(self) -> list[str]:
@@ -463,6 +490,11 @@ def load_config(
     if cfg.run.dir is None:
         stem = os.path.splitext(os.path.basename(source))[0]
         cfg.run.dir = os.path.join(str(hconfig.get("pipelines.runs-dir", "runs")), stem)
+    for name in ("html", "jsonl"):  # exports read the extraction output of this config
+        sec = getattr(cfg, name)
+        if sec is not None and sec.out is None:
+            ext = cfg.extract.out if cfg.extract is not None and cfg.extract.out else None
+            sec.out = ext or os.path.join(cfg.run.dir, "features")
     return cfg
 
 

@@ -188,12 +188,31 @@ def run_extract(section: Any, ctx: StageContext) -> dict[str, Any]:
     return {"out": kw["out"], "result": summarize(fn(**kw))}
 
 
+def _features(spec: Any) -> Any:
+    return range(spec) if isinstance(spec, int) else spec
+
+
+def run_html(section: Any, ctx: StageContext) -> dict[str, Any]:
+    from hvrt_dask.sae.export import export_html
+
+    return {"path": summarize(export_html(section.out, section.path, features=_features(section.features),
+                                          max_examples=section.max_examples))}
+
+
+def run_jsonl(section: Any, ctx: StageContext) -> dict[str, Any]:
+    from hvrt_dask.sae.export import export_jsonl
+
+    return {"path": section.path, "records": summarize(export_jsonl(section.out, section.path, features=_features(section.features)))}
+
+
 ADAPTERS = {
     "expand": run_expand,
     "reduce": run_reduce,
     "capture": run_capture,
     "train_sae": run_train_sae,
     "extract": run_extract,
+    "html": run_html,
+    "jsonl": run_jsonl,
 }
 
 
