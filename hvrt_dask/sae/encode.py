@@ -62,6 +62,11 @@ class TorchEncoder:
             if sae.rescale_acts_by_decoder_norm
             else None
         )
+        self._W_enc_T = None
+
+    def full_encode_cheaper(self, m: int) -> bool:
+        """Whether ``m`` features per sample are better served by a full encode (always for topk)."""
+        return self.sae.architecture == "topk" or 4 * m >= self.sae.d_sae
 
     @property
     def d_sae(self) -> int:
@@ -130,11 +135,13 @@ class TorchEncoder:
         """
         x = x.to(self.device, torch.float32)
         b, t, d = x.shape
-        if self.sae.architecture == "topk":
+        if self.full_encode_cheaper(features.shape[1]):
             z = self.encode(x.reshape(b * t, d)).reshape(b, t, -1)
             return z.gather(2, features[:, None, :].expand(b, t, features.shape[1]))
+        if self._W_enc_T is None:  # contiguous rows: a fast gather of encoder columns
+            self._W_enc_T = self.W_enc.T.contiguous()
         xp = self.preprocess(x)
-        w = self.W_enc.T[features]  # [B, m, d_in]
+        w = self._W_enc_T[features]  # [B, m, d_in]
         pre = torch.bmm(xp, w.transpose(1, 2)) + self.b_enc[features][:, None, :]
         return self.activate(pre, features[:, None, :])
 

@@ -313,7 +313,8 @@ def gather_windows(spec: dict) -> dict:
     counts = np.diff(np.r_[starts, len(order)])
     col = np.empty(len(order), np.int64)
     col[order] = np.arange(len(order)) - np.repeat(starts, counts)
-    per_col = 4 * (3 * t + d) if enc.sae.architecture != "topk" else 4 * 2 * t * enc.d_sae
+    per_col = 4 * (3 * t + d)  # bytes per sample and feature column (restricted encode)
+    full = 4 * 2 * t * enc.d_sae  # bytes per sample of a full encode
     budget = 256 << 20
     g = 0
     with torch.no_grad():
@@ -322,7 +323,7 @@ def gather_windows(spec: dict) -> dict:
             width = counts[g]
             while h < len(starts):
                 w2 = max(width, counts[h])
-                cost = (h + 1 - g) * (per_col if enc.sae.architecture == "topk" else w2 * per_col)
+                cost = (h + 1 - g) * (full if enc.full_encode_cheaper(w2) else w2 * per_col)
                 if cost > budget:
                     break
                 width, h = w2, h + 1
@@ -332,8 +333,15 @@ def gather_windows(spec: dict) -> dict:
             fm = np.zeros((h - g, width), np.int64)
             fm[bl, col[ex_idx]] = feats[ex_idx]
             x = torch.from_numpy(np.ascontiguousarray(acts[samp])).to(enc.device)
-            z = enc.encode_sample_features(x, torch.from_numpy(fm).to(enc.device)).cpu().numpy()
-            out[ex_idx] = z[bl[:, None], tc[ex_idx], col[ex_idx][:, None]]
+            bi = torch.from_numpy(bl[:, None]).to(enc.device)
+            ti = torch.from_numpy(tc[ex_idx]).to(enc.device)
+            if enc.full_encode_cheaper(width):  # index the full latents directly
+                z = enc.encode(x.reshape(-1, d)).view(h - g, t, -1)
+                ci = torch.from_numpy(feats[ex_idx][:, None]).to(enc.device)
+            else:
+                z = enc.encode_sample_features(x, torch.from_numpy(fm).to(enc.device))
+                ci = torch.from_numpy(col[ex_idx][:, None]).to(enc.device)
+            out[ex_idx] = z[bi, ti, ci].cpu().numpy()
             g = h
     out[~valid] = np.nan
     return {"tokens": tok, "acts": out}
