@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -328,7 +327,7 @@ def gpu_mode(args) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=192)
-    p.add_argument("--chunk", type=int, default=32)
+    p.add_argument("--chunk", type=int, default=96)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--samples-c", type=int, default=24)
     p.add_argument("--samples-d", type=int, default=2)

@@ -819,12 +819,12 @@ def extract_features(
     from hvrt_dask.sae.output import write_output
 
     stats = _stats.aggregate({k: final[k] for k in ("max", *_stats.SUM_KEYS)})
-    n_tok = int(final["n_valid_tokens"])
     timings = {
         "first_pass_s": t2 - t1,
         "second_pass_s": t3 - t2,
-        "samples_per_s": (st.n_samples - sum(b - a for c, a, b in bounds if c < 0)) / max(t2 - t1, 1e-9),
-        "valid_tokens_per_s": n_tok / max(t2 - t1, 1e-9),
+        # throughput of the chunks computed in this run (resumed chunks excluded)
+        "samples_per_s": sum(b - a for _, a, b in todo) / max(t2 - t1, 1e-9),
+        "tokens_per_s": sum(b - a for _, a, b in todo) * st.seq_len / max(t2 - t1, 1e-9),
         "task_seconds": float(final["seconds"]),
         "read_seconds": float(final["read_seconds"]),
     }
