@@ -155,10 +155,11 @@ def _engine_kwargs(stage: str, section: Any, ctx: StageContext, fn: Any) -> dict
     kw.update(section.extra)
     kw = {k: v for k, v in kw.items() if v is not None}
     params = inspect.signature(fn).parameters
-    if "resume" in params:
-        kw["resume"] = ctx.resume and kw.get("resume", True)
+    overwrite = bool(ctx.overwrite or kw.get("overwrite", False))
     if "overwrite" in params:
-        kw["overwrite"] = ctx.overwrite or kw.get("overwrite", False)
+        kw["overwrite"] = overwrite
+    if "resume" in params:  # the engines take at most one of resume / overwrite
+        kw["resume"] = bool(ctx.resume and kw.get("resume", True) and not overwrite)
     if "client" in params:
         kw["client"] = ctx.client
     for seed_name in ("seed", "random_state"):
