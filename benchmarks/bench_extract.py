@@ -71,10 +71,10 @@ def make_store(path: str, n: int, chunk: int, dtype: str = "float32", block: int
     mark_complete(path)
 
 
-def cluster(threads: int | None = None, **kw):
+def cluster(threads: int = 1, **kw):
     from distributed import Client, LocalCluster
 
-    lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0", **kw)
+    lc = LocalCluster(n_workers=1, threads_per_worker=threads, processes=True, host="127.0.0.1", dashboard_address=":0", **kw)
     return lc, Client(lc)
 
 
@@ -295,7 +295,9 @@ def gpu_mode(args) -> str:
         list(ex.map(lambda i: arr[i * chunk : (i + 1) * chunk].shape, range(-(-n // chunk))))
     t_read = time.perf_counter() - t0
 
-    lc, c = cluster(resources={"GPU": 1})
+    # spare worker threads read the next chunks while the GPU task encodes (read tasks have no
+    # GPU restriction; the GPU resource keeps one encode at a time)
+    lc, c = cluster(threads=8, resources={"GPU": 1})
     with lc, c:
         r, t_a = run_pipeline(store, sae, os.path.join(root, "out"), "auto", c, max_in_flight=4)
     read_rate, pipe_rate = nbytes / t_read / 1e9, nbytes / r.timings["first_pass_s"] / 1e9

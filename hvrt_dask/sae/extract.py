@@ -802,7 +802,9 @@ def extract_features(
         spec = {
             **base_spec,
             "chunk": cid, "start": a, "stop": b, "prefix": prefix, "suffix": suffix,
-            "features": fi[lo:hi], "samples": samples[lo:hi], "positions": tk["positions"][fi[lo:hi], ri[lo:hi]],
+            # compact dtypes: these arrays are the only sizeable part of a window task
+            "features": fi[lo:hi].astype(np.int32), "samples": samples[lo:hi],
+            "positions": tk["positions"][fi[lo:hi], ri[lo:hi]].astype(np.int32),
         }
         return ex.submit(gather_windows, spec, gpu=True, key=f"hvrt-sae-window-{cid}")
 
