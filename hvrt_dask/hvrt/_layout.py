@@ -93,6 +93,7 @@ def group_rows(
     cont_cols: np.ndarray,
     target: int | None = None,
     persist: bool = False,
+    store_dtype: np.dtype | None = None,
 ) -> GroupedData:
     """Group the rows of ``X`` (numpy or dask) by partition into partition-aligned chunks.
 
@@ -110,6 +111,9 @@ def group_rows(
         Rows per chunk (default ``hvrt.chunks.target-rows``).
     persist : bool
         Persist the grouped arrays (when a distributed client is active).
+    store_dtype : numpy dtype, optional
+        Keep the persisted raw chunks in this (narrower, lossless) dtype, e.g. float32 for
+        float32 input; ``X`` is still exposed as float64.
     """
     target = target_rows() if target is None else int(target)
     pos = np.searchsorted(unique, leaves)
@@ -130,8 +134,13 @@ def group_rows(
         Xg = X[order].rechunk({0: tuple(chunk_sizes), 1: -1})
         rows = da.from_array(order, chunks=(tuple(chunk_sizes),))
         local = None
+        narrow = store_dtype is not None and np.dtype(store_dtype) != np.float64
+        if narrow:
+            Xg = Xg.astype(store_dtype)
         if persist:
             Xg, rows = dask.persist(Xg, rows)
+        if narrow:  # exact: the values came from this dtype
+            Xg = Xg.astype(np.float64)
         # z-space is derived block-wise from the persisted raw chunks on demand, rather than
         # persisted too: it is one cheap affine map, and keeping it would double the memory.
         Xz = Xg.map_blocks(to_z, dtype=np.float64)

@@ -246,7 +246,10 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
         mean_abs_z = np.bincount(pos, weights=absz, minlength=len(unique)) / sizes
 
         persist = lazy and _active_client() is not None
-        grouped = group_rows(values, leaves, unique, sizes, transform, np.arange(len(cont)), persist=persist)
+        dts = set(spec.dtypes)
+        store = next(iter(dts)) if len(dts) == 1 and next(iter(dts)) in (np.float32, np.float16) else None
+        grouped = group_rows(values, leaves, unique, sizes, transform, np.arange(len(cont)), persist=persist,
+                             store_dtype=store)
 
         # ---- fitted state
         self.random_state_ = seed
