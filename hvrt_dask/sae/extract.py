@@ -210,8 +210,9 @@ def extract_chunk(spec: dict, data: dict | None = None) -> dict:
     acts, mask, n_masked = data["acts"], data["mask"], data["n_masked"]
     s, t, d = acts.shape
     f = enc.d_sae
-    smax = np.zeros((s, f), np.float32)
-    sarg = np.zeros((s, f), np.int32)
+    # per-sample max / first argmax per feature, kept on the device until the chunk's top-k
+    smax = torch.zeros((s, f), dtype=torch.float32, device=dev)
+    sarg = torch.zeros((s, f), dtype=torch.int32, device=dev)
     acc = _stats.StatsAccumulator(f, np.asarray(spec["edges"], np.float32), dev)
     bs = resolve_batch_size(spec["batch_size"], t, d, f, dev)
 
@@ -244,8 +245,8 @@ def extract_chunk(spec: dict, data: dict | None = None) -> dict:
             mx = torch.zeros(nb * f, dtype=torch.float32, device=dev).scatter_reduce_(0, key, v, "amax")
             first = torch.where(v == mx[key], pos, torch.full_like(pos, t))
             am = torch.full((nb * f,), t, dtype=torch.int64, device=dev).scatter_reduce_(0, key, first, "amin")
-            smax[a:b] = mx.view(nb, f).cpu().numpy()
-            sarg[a:b] = am.clamp_(max=t - 1).view(nb, f).to(torch.int32).cpu().numpy()
+            smax[a:b] = mx.view(nb, f)
+            sarg[a:b] = am.clamp_(max=t - 1).view(nb, f).to(torch.int32)
             acc.add(delta, int(m.sum()))
 
     def on_oom() -> None:
@@ -253,8 +254,13 @@ def extract_chunk(spec: dict, data: dict | None = None) -> dict:
             torch.cuda.empty_cache()
 
     bs = run_batches(s, bs, step, on_oom)
-    part = _topk.chunk(smax, sarg, np.arange(start, stop, dtype=np.int64), spec["top_k"])
-    part.update(acc.result(smax))
+    if dev.type == "cpu":
+        smax_np = smax.numpy()
+        part = _topk.chunk(smax_np, sarg.numpy(), np.arange(start, stop, dtype=np.int64), spec["top_k"])
+    else:
+        part = _topk.chunk_sorted(smax, sarg, start, spec["top_k"])
+        smax_np = smax.cpu().numpy()
+    part.update(acc.result(smax_np))
     part.update(
         chunks=np.array([cid], np.int64),
         workers=np.array([_worker_address()]),

@@ -86,6 +86,29 @@ def chunk(
     return from_candidates(fi, sample_max[si, fi], np.asarray(sample_ids)[si], sample_argmax[si, fi], d_sae, k)
 
 
+def chunk_sorted(sample_max, sample_argmax, start: int, k: int) -> dict[str, np.ndarray]:
+    """Device variant of :func:`chunk` for torch tensors ``[S, d_sae]`` of consecutive samples.
+
+    A stable descending sort along samples keeps equal values in ascending sample order,
+    which is exactly the total order (a sample appears once per feature, so positions never
+    decide within a chunk). Used on GPUs, where a sort of the whole block is cheap.
+    """
+    import torch
+
+    s, d_sae = sample_max.shape
+    kk = min(k, s)
+    vals, idx = torch.sort(sample_max, dim=0, descending=True, stable=True)
+    vals, idx = vals[:kk], idx[:kk]
+    pos = sample_argmax.gather(0, idx)
+    out = empty(d_sae, k)
+    v = vals.T.cpu().numpy()
+    live = v > 0
+    out["values"][:, :kk] = np.where(live, v, EMPTY_VALUE)
+    out["samples"][:, :kk] = np.where(live, idx.T.cpu().numpy().astype(np.int64) + start, -1)
+    out["positions"][:, :kk] = np.where(live, pos.T.cpu().numpy().astype(np.int32), -1)
+    return out
+
+
 def combine(partials: Sequence[dict[str, np.ndarray]], k: int | None = None) -> dict[str, np.ndarray]:
     """Exact merge of top-k partials (any number, any order)."""
     if not partials:

@@ -82,3 +82,13 @@ def test_tree_reduce_shape_and_errors():
         topk.tree_reduce([1, 2], comb, 1)
     with pytest.raises(ValueError):
         topk.combine([])
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 100])
+def test_chunk_sorted_matches_reference(k):
+    torch = pytest.importorskip("torch")
+    smax, sarg = data()
+    part = topk.chunk_sorted(torch.from_numpy(smax), torch.from_numpy(sarg), 0, k)
+    assert as_lists(part) == reference(smax, sarg, k)
+    part2 = topk.chunk_sorted(torch.from_numpy(smax[20:]), torch.from_numpy(sarg[20:]), 20, k)
+    assert as_lists(part2) == reference(np.r_[np.zeros_like(smax[:20]), smax[20:]], sarg, k)
