@@ -81,47 +81,54 @@ def bench_size(n: int, repeats: int, trace: bool) -> list[dict]:
     from hvrt_dask import HVRT
 
     X = make_data(n)
+    impls = (("peer", hvrt.HVRT), ("ours", HVRT))
+    labels = []
     rows = []
-    fits = {}
-    for impl, cls in (("peer", hvrt.HVRT), ("ours", HVRT)):
-        ts = [timed(lambda: cls(random_state=0).fit(X))[0] for _ in range(repeats)]
-        dt, peak, model = timed(lambda: cls(random_state=0).fit(X), trace)
-        fits[impl] = (statistics.median(ts + [dt]), peak, model)
-    n_parts = (fits["peer"][2].n_partitions_, fits["ours"][2].n_partitions_)
-    rows.append({"n": n, "what": "fit", "peer_s": fits["peer"][0], "ours_s": fits["ours"][0],
-                 "peer_mem": fits["peer"][1], "ours_mem": fits["ours"][1], "parts": n_parts})
     for label, ours_kw, peer_kw in STRATEGIES:
         if not available(label):
             rows.append({"n": n, "what": label, "skip": "not registered in hvrt_dask"})
-            continue
-        if n > 50_000 and label in PEER_TOO_COSTLY:
+        elif n > 50_000 and label in PEER_TOO_COSTLY:
             rows.append({"n": n, "what": label, "skip": PEER_TOO_COSTLY[label]})
-            continue
-        res = {}
-        for impl, cls, kw in (("peer", hvrt.HVRT, peer_kw), ("ours", HVRT, ours_kw)):
-            firsts, cached, peak = [], [], 0
-            for r in range(repeats):
-                m = cls(random_state=0).fit(X)
-                firsts.append(timed(lambda: m.expand(5 * n, **kw))[0])
-                dt, pk, _ = timed(lambda: m.expand(5 * n, **kw), trace and r == 0)
-                cached.append(dt)
-                peak = max(peak, pk)
-                del m
-            res[impl] = (statistics.median(firsts), statistics.median(cached), peak)
-        rows.append({"n": n, "what": label, "peer_first": res["peer"][0], "peer_cached": res["peer"][1],
-                     "ours_first": res["ours"][0], "ours_cached": res["ours"][1],
-                     "peer_mem": res["peer"][2], "ours_mem": res["ours"][2]})
-    # latency: fit + first expand (epanechnikov), the small-data use case
-    lat = {}
-    for impl, cls in (("peer", hvrt.HVRT), ("ours", HVRT)):
-        ts = []
-        for _ in range(max(repeats, 5)):
-            t = time.perf_counter()
-            cls(random_state=0).fit(X).expand(5 * n, generation_strategy="epanechnikov")
-            ts.append(time.perf_counter() - t)
-        lat[impl] = statistics.median(ts)
-    rows.append({"n": n, "what": "latency", "peer_s": lat["peer"], "ours_s": lat["ours"]})
-    return rows
+        else:
+            labels.append((label, {"ours": ours_kw, "peer": peer_kw}))
+    fit_t = {k: [] for k, _ in impls}
+    fit_mem = {k: 0 for k, _ in impls}
+    n_parts = {}
+    first = {(k, lab): [] for k, _ in impls for lab, _ in labels}
+    cached = {(k, lab): [] for k, _ in impls for lab, _ in labels}
+    mem = {(k, lab): 0 for k, _ in impls for lab, _ in labels}
+    for r in range(repeats):
+        for impl, cls in impls:  # peer and ours alternate, so load hits both alike
+            dt, pk, m = timed(lambda: cls(random_state=0).fit(X), trace and r == 0)
+            fit_t[impl].append(dt)
+            fit_mem[impl] = max(fit_mem[impl], pk)
+            n_parts[impl] = m.n_partitions_
+            # one fitted model serves every strategy: each strategy's first call still
+            # prepares its own contexts, the second is the cached call
+            for lab, kws in labels:
+                first[(impl, lab)].append(timed(lambda: m.expand(5 * n, **kws[impl]))[0])
+                dt, pk, _ = timed(lambda: m.expand(5 * n, **kws[impl]), trace and r == 0)
+                cached[(impl, lab)].append(dt)
+                mem[(impl, lab)] = max(mem[(impl, lab)], pk)
+            del m
+    med = statistics.median
+    out = [{"n": n, "what": "fit", "peer_s": med(fit_t["peer"]), "ours_s": med(fit_t["ours"]),
+            "peer_mem": fit_mem["peer"], "ours_mem": fit_mem["ours"], "parts": (n_parts["peer"], n_parts["ours"])}]
+    for lab, _ in labels:
+        out.append({"n": n, "what": lab,
+                    "peer_first": med(first[("peer", lab)]), "peer_cached": med(cached[("peer", lab)]),
+                    "ours_first": med(first[("ours", lab)]), "ours_cached": med(cached[("ours", lab)]),
+                    "peer_mem": mem[("peer", lab)], "ours_mem": mem[("ours", lab)]})
+    out += rows
+    if n <= 5000:  # latency: fit + first expand (epanechnikov), the small-data use case
+        lat = {k: [] for k, _ in impls}
+        for _ in range(7):
+            for impl, cls in impls:
+                t = time.perf_counter()
+                cls(random_state=0).fit(X).expand(5 * n, generation_strategy="epanechnikov")
+                lat[impl].append(time.perf_counter() - t)
+        out.append({"n": n, "what": "latency", "peer_s": med(lat["peer"]), "ours_s": med(lat["ours"])})
+    return out
 
 
 def fmt_n(n: int) -> str:
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict] = []
     for n in sizes:
-        reps = 5 if n <= 5000 else (3 if n <= 50000 else 1)
+        reps = 5 if n <= 5000 else (3 if n <= 50_000 else 1)
         rows += bench_size(n, reps, not args.no_trace)
         print(render(rows, header), flush=True)
     text = render(rows, header)
