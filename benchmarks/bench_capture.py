@@ -96,6 +96,7 @@ def main(argv=None) -> int:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0")
         client = Client(cluster)
         variants["(d) capture_activations, LocalCluster 2x1"] = lambda: capture(client, "cluster")
+    load_start = os.getloadavg()[0]
     to_layer()  # warm-up (thread pools, allocator)
     if client is not None:
         capture(client, "cluster")  # workers load the model once
@@ -113,6 +114,7 @@ def main(argv=None) -> int:
             cluster.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    load_end = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in times.items()}
     base = n_tokens / med["(a) plain forward, all blocks"]
     local_reps = [r for r in cap_reports if r.path.endswith("local.zarr")]
@@ -138,7 +140,8 @@ All variants use the same batches and run interleaved in one process; medians of
 - Capture stops the forward pass at the hooked block (the later blocks do not influence the
   captured activations), so it can beat (a).
 
-Machine (shared with other jobs while measured; absolute numbers vary, ratios are side by side):
+Machine (1-min load average {load_start:.1f} at the start, {load_end:.1f} at the end of the run; on a
+shared machine absolute numbers vary, the ratios are side by side):
 
 {machine_description()}
 - torch {torch.__version__}
