@@ -78,7 +78,7 @@ def chunk(
     """
     s, d_sae = sample_max.shape
     if prefilter and s > k:
-        kth = -np.partition(-sample_max, k - 1, axis=0)[k - 1]  # k-th largest per feature
+        kth = -np.partition(-sample_max.T, k - 1, axis=1)[:, k - 1]  # k-th largest per feature
         cand = (sample_max >= kth) & (sample_max > 0)
     else:
         cand = sample_max > 0
@@ -118,7 +118,13 @@ def combine(partials: Sequence[dict[str, np.ndarray]], k: int | None = None) -> 
     vals = np.concatenate([p["values"] for p in partials], axis=1)
     samp = np.concatenate([p["samples"] for p in partials], axis=1)
     pos = np.concatenate([p["positions"] for p in partials], axis=1)
-    fi, ci = np.nonzero(samp >= 0)
+    live = samp >= 0
+    if vals.shape[1] > k:
+        # exact prefilter: entries strictly below a feature's k-th largest value cannot be
+        # selected (ties at that value are all kept and settled by the total order)
+        kth = -np.partition(-vals, k - 1, axis=1)[:, k - 1]
+        live &= vals >= kth[:, None]
+    fi, ci = np.nonzero(live)
     return from_candidates(fi, vals[fi, ci], samp[fi, ci], pos[fi, ci], d_sae, k)
 
 
