@@ -707,6 +707,9 @@ def extract_features(
     # ---- the output path: decided before anything is written
     from hvrt_dask.sae.output import is_complete
 
+    for name, p in (("activation store", os.path.abspath(st.path)), ("SAE", os.path.abspath(sae_obj.path))):
+        if os.path.commonpath([out, p]) in (out, p):
+            raise ValueError(f"output {out!r} overlaps the {name} {p!r}; choose another output path")
     if os.path.exists(out):
         if overwrite:
             shutil.rmtree(out)

@@ -172,3 +172,10 @@ def test_corrupt_chunk_named(env):
     done = sorted(p for p in os.listdir(env / "out" / "partials") if p.endswith(".done"))
     assert "chunk-0000000.done" in done and "chunk-0000002.done" not in done
     assert not is_complete(env / "out")
+
+
+def test_output_overlapping_inputs_refused(env):
+    for out in (env / "store", env / "store" / "sub", env / "sae"):
+        with pytest.raises(ValueError, match="overlaps"):
+            run(env, out=out, overwrite=True)
+    assert (env / "store" / "zarr.json").exists() and (env / "sae" / "cfg.json").exists()
