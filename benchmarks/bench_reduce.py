@@ -197,6 +197,9 @@ def write_results(rows: list[dict], scale: dict | None, path: str) -> None:
                   f"- reduce: {scale['reduce_s']:.1f} s → {scale['rows_out']:,} rows",
                   f"- wall (fit + reduce): {scale['wall_s']:.1f} s",
                   f"- peak RSS (client + workers): {scale['peak_rss_gib']:.2f} GiB", ""]
+    lines += ["## Load", "", f"1/5/15-min load average when the results were written: "
+              f"{' '.join(open('/proc/loadavg').read().split()[:3])} (the machine is shared; "
+              "timings of both libraries are inflated alike by other jobs).", ""]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines))
