@@ -4,7 +4,8 @@ The fitted model holds its training rows grouped so that every partition lies in
 chunk (``grouped_``) and caches one prepared *selection context* per chunk. ``reduce``
 
 1. validates every argument before any work starts;
-2. computes the per-partition budgets on the client (:func:`~hvrt_dask.hvrt._budgets.reduce_budgets`:
+2. computes the per-partition budgets on the client
+   (:func:`~hvrt_dask.hvrt._budgets.reduce_budgets`:
    floor, integerise, clip, redistribute);
 3. runs ``strategy.select(context, budgets, rngs)`` once per chunk — a ``map_blocks`` over the
    cached contexts for lazy inputs, or the same per-chunk function on a thread pool for
@@ -182,11 +183,14 @@ class ReduceMixin:
         if variance_weighted is None:
             variance_weighted = config.get("reduce.variance-weighted", True)
         if not any(variance_weighted is v or variance_weighted == v for v in _VW) or (
-            isinstance(variance_weighted, numbers.Number) and not isinstance(variance_weighted, bool)
+            isinstance(variance_weighted, numbers.Number)
+            and not isinstance(variance_weighted, bool)
         ):
             raise ValueError(
                 f"variance_weighted must be True, False or 'size_aware', got {variance_weighted!r}"
             )
+        if not isinstance(variance_weighted, str):
+            variance_weighted = bool(variance_weighted)  # numpy bools
         strategy = _check_strategy(method)
         floor = (
             getattr(self, "min_samples_per_partition", 5)
@@ -220,7 +224,8 @@ class ReduceMixin:
         tables = list(grouped.tables)
         if grouped.local is not None and contexts.local is not None:
             def run(c: int) -> np.ndarray:
-                return select_chunk(strategy, contexts.local[c], tables[c], chunk_budgets[c], seed, call)
+                ctx = contexts.local[c]
+                return select_chunk(strategy, ctx, tables[c], chunk_budgets[c], seed, call)
 
             sel = _map_threads(run, range(len(tables)))
             Xs = np.concatenate([grouped.local["X"][c][s] for c, s in enumerate(sel)])

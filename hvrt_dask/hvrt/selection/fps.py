@@ -190,7 +190,9 @@ class _FPSBase:
     def _seed(self, Xp: np.ndarray, params: Mapping[str, Any]) -> int:
         raise NotImplementedError
 
-    def prepare(self, Xz: np.ndarray, parts: ChunkPartitions, params: Mapping[str, Any]) -> FPSContext:
+    def prepare(
+        self, Xz: np.ndarray, parts: ChunkPartitions, params: Mapping[str, Any]
+    ) -> FPSContext:
         Xz = np.asarray(Xz, dtype=np.float64)
         seeds = np.array(
             [self._seed(Xz[sl], params) if sl.stop > sl.start else 0 for sl in parts.slices()],
