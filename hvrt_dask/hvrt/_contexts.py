@@ -100,11 +100,14 @@ def chunk_contexts(
     params = dict(params)
     nb = g.n_chunks
     if g.local is not None:
-        local = []
-        for c in range(nb):
+        from hvrt_dask.hvrt._layout import map_local
+
+        def prep(c: int) -> Any:
             Z = g.local["Xz"][c]
             Zc = Z if cols is None else np.ascontiguousarray(Z[:, cols])
-            local.append(strategy.prepare(Zc, g.tables[c], params))
+            return strategy.prepare(Zc, g.tables[c], params)
+
+        local = map_local(prep, nb, sum(t.n_rows for t in g.tables))
         arr = np.empty((nb, 1), dtype=object)
         for c, ctx in enumerate(local):
             arr[c, 0] = ctx

@@ -10,6 +10,8 @@ independent of chunking.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,6 +61,23 @@ class GroupedData:
     @property
     def row_chunks(self) -> tuple[int, ...]:
         return tuple(int(t.n_rows) for t in self.tables)
+
+
+LOCAL_MIN_ROWS = 5000  # below this, one chunk: thread start-up costs more than it saves
+LOCAL_PARALLEL_ROWS = 50_000  # in-memory work of at least this many rows runs chunks on threads
+
+
+def map_local(fn: Callable[[int], Any], n_items: int, rows: int) -> list[Any]:
+    """``[fn(i) for i in range(n_items)]``, on a thread pool when the work is large.
+
+    numpy releases the GIL in the random fills, ufuncs and gathers the strategies spend
+    their time in, so chunks run in parallel on threads without copying data.
+    """
+    workers = min(n_items, os.cpu_count() or 1)
+    if workers < 2 or rows < LOCAL_PARALLEL_ROWS:
+        return [fn(i) for i in range(n_items)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, range(n_items)))
 
 
 def target_rows() -> int:
@@ -116,6 +135,10 @@ def group_rows(
         float32 input; ``X`` is still exposed as float64.
     """
     target = target_rows() if target is None else int(target)
+    if not isinstance(X, da.Array) and target > 0:
+        # In memory, chunks are the unit of thread parallelism: give every core a chunk
+        # (results do not depend on the chunking).
+        target = min(target, max(LOCAL_MIN_ROWS, -(-len(leaves) // (os.cpu_count() or 1))))
     pos = np.searchsorted(unique, leaves)
     order = np.argsort(pos, kind="stable").astype(np.int64)  # canonical order
     groups = pack_partitions(sizes, target)

@@ -37,6 +37,7 @@ from hvrt_dask.hvrt import _input
 from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt._contexts import chunk_contexts
+from hvrt_dask.hvrt._layout import map_local
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
 
 _NAMED_BW = ("scott", "silverman")
@@ -225,18 +226,23 @@ def expand_raw(
     totals = tuple(int(b.sum()) for b in chunk_budgets)
     if g.local is not None:
         # Canonical row i goes to position dest[i]: one scatter per chunk, no concatenate.
+        # Chunks run on threads for large outputs; each writes disjoint rows of ``out``.
         dest = generator(seed, "expand-shuffle", call).permutation(n) if shuffle == "global" else None
         out = np.empty((n, spec.n_features), dtype=np.float64)
-        parts, pos = [], 0
-        for c in range(g.n_chunks):
+        offsets = np.concatenate([[0], np.cumsum(totals)]).astype(np.int64)
+
+        def run(c: int):
             part = _gen_chunk(g.local["X"][c], entry.local[c], strategy, chunk_budgets[c], g.tables[c], seed, call, post)
+            a, b = offsets[c], offsets[c + 1]
             if dest is not None:
-                out[dest[pos : pos + len(part)]] = part
+                out[dest[a:b]] = part
             elif shuffle == "none":
-                out[pos : pos + len(part)] = part
+                out[a:b] = part
             else:
-                parts.append(part)
-            pos += len(part)
+                return part
+            return None
+
+        parts = map_local(run, g.n_chunks, n)
         if shuffle == "blocks":
             order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
             out = np.concatenate([parts[c] for c in order], axis=0)
