@@ -198,7 +198,7 @@ def cpu_mode(args) -> str:
         mem = []
         for m in (args.mem_small, 10 * args.mem_small):
             st = os.path.join(tmp, f"store{m}")
-            make_store(st, m, chunk)
+            make_store(st, m, args.mem_chunk)
             lc, c = cluster()
             with lc, c:
                 rm, tm = run_pipeline(st, sae, os.path.join(tmp, f"out{m}"), batch, c)
@@ -234,7 +234,8 @@ def cpu_mode(args) -> str:
         f"| (a) >= 70 % of (b) tokens/s | {100 * ratio_b:.0f} % (first pass alone: {100 * ratio_b1:.0f} %) | {ok(ratio_b >= 0.7)} |",
         f"| (a) >= 50x (c) | {ratio_c:.2f}x | {ok(ratio_c >= 50)} |",
         f"| (a) >= 1000x (d) | {ratio_d:.1f}x | {ok(ratio_d >= 1000)} |",
-        f"| peak worker RSS differs <= 20 % for 10x samples | {mem[0][0]} samples: {mem[0][1]:.0f} MiB; "
+        f"| peak worker RSS differs <= 20 % for 10x samples (chunk {args.mem_chunk}, batch {batch}) | "
+        f"{mem[0][0]} samples: {mem[0][1]:.0f} MiB; "
         f"{mem[1][0]} samples: {mem[1][1]:.0f} MiB; diff {100 * rss_diff:.1f} % | {ok(rss_diff <= 0.2)} |",
         "",
         f"(a) - (a1) = {t_a - t_a1:.1f} s is the context-window pass and the output write. Its cost is set by",
@@ -340,6 +341,7 @@ def main() -> None:
     p.add_argument("--samples-c", type=int, default=24)
     p.add_argument("--samples-d", type=int, default=2)
     p.add_argument("--mem-small", type=int, default=24)
+    p.add_argument("--mem-chunk", type=int, default=24, help="chunk of both memory runs (same for both)")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--gpu-samples", type=int, default=100_000)
     p.add_argument("--gpu-chunk", type=int, default=2000)

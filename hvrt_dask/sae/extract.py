@@ -41,6 +41,8 @@ from hvrt_dask.sae.weights import SAE, load_sae
 log = logging.getLogger(__name__)
 
 PARTIALS = "partials"
+#: Most examples handled by one context-window task.
+WINDOW_TASK_EXAMPLES = 65536
 RUN_FILE = "run.json"
 META_KEYS = ("chunks", "workers", "batch_size", "seconds", "read_seconds", "n_nonfinite_masked")
 # run.json keys that must match for a resume to reuse partials
@@ -803,7 +805,13 @@ def extract_features(
     order = np.argsort(chunk_of, kind="stable")
     fi, ri, samples, chunk_of = fi[order], ri[order], samples[order], chunk_of[order]
     cuts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True]) if len(chunk_of) else np.array([0])
-    groups = [(int(chunk_of[cuts[j]]), cuts[j], cuts[j + 1]) for j in range(len(cuts) - 1)] if len(chunk_of) else []
+    # one task per chunk, split so that no task handles more than WINDOW_TASK_EXAMPLES examples
+    # (bounds a task's memory when few samples hold the examples of many features)
+    groups = [
+        (int(chunk_of[cuts[j]]), lo, min(lo + WINDOW_TASK_EXAMPLES, cuts[j + 1]))
+        for j in range(len(cuts) - 1)
+        for lo in range(cuts[j], cuts[j + 1], WINDOW_TASK_EXAMPLES)
+    ] if len(chunk_of) else []
 
     def make2(g):
         cid, lo, hi = g
@@ -815,7 +823,7 @@ def extract_features(
             "features": fi[lo:hi].astype(np.int32), "samples": samples[lo:hi],
             "positions": tk["positions"][fi[lo:hi], ri[lo:hi]].astype(np.int32),
         }
-        return ex.submit(gather_windows, spec, gpu=True, key=f"hvrt-sae-window-{cid}")
+        return ex.submit(gather_windows, spec, gpu=True, key=f"hvrt-sae-window-{cid}-{lo}")
 
     def on_done2(g, fut):
         _, lo, hi = g

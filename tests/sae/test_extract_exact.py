@@ -220,3 +220,11 @@ def test_resume_after_killed_process(data, baseline, tmp_path):
                          progress=False, resume=True)
     assert r.n_resumed == n_done
     assert_same(open_output(out).load(), baseline)
+
+
+def test_split_window_tasks_identical(data, baseline, tmp_path, monkeypatch):
+    import hvrt_dask.sae.extract as ex
+
+    monkeypatch.setattr(ex, "WINDOW_TASK_EXAMPLES", 7)
+    r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF, progress=False)
+    assert_same(open_output(r.path).load(), baseline)
