@@ -533,7 +533,7 @@ def capture_activations(
             raise ValueError(f"cannot resume {out!r}: shape {(st.n_samples, st.seq_len, st.d_in)} != {(n, seq_len, info.d_model)}")
         chunk_samples = st.chunk_samples
         done = np.asarray(st.group["done"][:], dtype=bool)
-        group = zarr_open(out)
+        group = _open_rw(out)
     else:
         group = create_store(out, n, int(seq_len), info.d_model, chunk_samples, dtype, attrs=attrs, overwrite=overwrite)
         chunk_samples = int(group["activations"].chunks[0])
@@ -578,7 +578,7 @@ def capture_activations(
     return report
 
 
-def zarr_open(path: str):
+def _open_rw(path: str):
     import zarr
 
     return zarr.open_group(path, mode="r+")
