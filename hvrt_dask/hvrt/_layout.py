@@ -103,6 +103,21 @@ def pack_partitions(sizes: np.ndarray, target: int) -> list[np.ndarray]:
     return groups
 
 
+def _wrap_blocks(blocks: list[np.ndarray], prefix: str) -> da.Array:
+    """A dask array over existing numpy blocks (one per chunk) without copying them."""
+    import uuid
+
+    name = f"{prefix}-{uuid.uuid4().hex}"
+    first = blocks[0]
+    if first.ndim == 1:
+        dsk = {(name, i): b for i, b in enumerate(blocks)}
+        chunks = (tuple(len(b) for b in blocks),)
+    else:
+        dsk = {(name, i, 0): b for i, b in enumerate(blocks)}
+        chunks = (tuple(len(b) for b in blocks), (first.shape[1],))
+    return da.Array(dsk, name, chunks=chunks, dtype=first.dtype)
+
+
 def group_rows(
     X: Any,
     leaves: np.ndarray,
@@ -176,10 +191,9 @@ def group_rows(
             "Xz": [Zs[a:b] for a, b in blocks],
             "rows": [order[a:b] for a, b in blocks],
         }
-        rc = (tuple(chunk_sizes), (Xs.shape[1],))
-        Xg = da.from_array(Xs, chunks=rc, name=False)
-        Xz = da.from_array(Zs, chunks=rc, name=False)
-        rows = da.from_array(order, chunks=(tuple(chunk_sizes),), name=False)
+        Xg = _wrap_blocks(local["X"], "hvrt-grouped-X")
+        Xz = _wrap_blocks(local["Xz"], "hvrt-grouped-Xz")
+        rows = _wrap_blocks(local["rows"], "hvrt-grouped-rows")
     return GroupedData(
         X=Xg,
         Xz=Xz,

@@ -69,7 +69,7 @@ def resolve_tree_params(
 
 
 def default_sample_size() -> int:
-    return int(config.get("tree.sample-size", 250_000))
+    return int(config.get("tree.sample-size", 200_000))
 
 
 def sklearn_seed(seed: int) -> int:
