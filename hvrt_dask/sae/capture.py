@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from hvrt_dask._client import resolve_client
 from hvrt_dask import config
 from hvrt_dask.sae.corpora import describe_source, load_documents
 from hvrt_dask.sae.store import StoreError, create_store, mark_complete, open_store
@@ -395,15 +396,6 @@ def _default(value, key):
     return config.get(f"capture.{key}") if value is None else value
 
 
-def _resolve_client(client):
-    if client is not None:
-        return client
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def capture_activations(
@@ -554,7 +546,7 @@ def capture_activations(
         stats.append(st)
         bar.update(st["tokens"])
 
-    client = _resolve_client(client)
+    client = resolve_client(client)
     if client is None:
         _run_local(todo, args_for, mark)
     else:

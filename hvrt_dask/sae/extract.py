@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hvrt_dask._client import resolve_client
 from hvrt_dask import config
 from hvrt_dask.sae import stats as _stats
 from hvrt_dask.sae import topk as _topk
@@ -519,15 +520,6 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _get_client(client):
-    if client is not None:
-        return client
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def _gpu_resources(client) -> dict | None:
@@ -730,7 +722,7 @@ def extract_features(
         else:
             raise FileExistsError(f"output {out!r} already exists (pass resume=True to continue it or overwrite=True)")
 
-    client = _get_client(client)
+    client = resolve_client(client)
     resources = _gpu_resources(client)
     ex = _Executor(client, resources)
     if progress and client is not None:
