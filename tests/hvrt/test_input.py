@@ -59,7 +59,6 @@ def test_dask_array_and_dataframe():
     assert isinstance(values, da.Array) and spec.kind == "dask"
     assert len(values.chunks[1]) == 1  # one column chunk
     np.testing.assert_array_equal(values.compute(), X)
-    pytest.importorskip("pyarrow", reason="dask.dataframe needs pyarrow, which is not a pinned dependency")
     import dask.dataframe as dd
 
     ddf = dd.from_pandas(pd.DataFrame(X, columns=list("pqrs")), npartitions=3)
@@ -106,3 +105,20 @@ def test_unsupported_type():
         _input.coerce_input({"a": 1})
     with pytest.raises(ValueError, match="2-dimensional"):
         _input.coerce_input(np.ones(5))
+
+
+def test_fit_expand_on_dask_dataframe():
+    """A dask DataFrame in gives a lazy dask DataFrame out with the same columns."""
+    import dask.dataframe as dd
+
+    from hvrt_dask import HVRT
+
+    X = _data(600, 4)
+    ddf = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
+    model = HVRT(random_state=0).fit(ddf)
+    ref = HVRT(random_state=0).fit(X)
+    assert model.n_partitions_ == ref.n_partitions_
+    out = model.expand(900)
+    assert isinstance(out, dd.DataFrame) and list(out.columns) == list("abcd")
+    got = out.compute().to_numpy()
+    assert got.shape == (900, 4) and np.isfinite(got).all()
