@@ -214,12 +214,9 @@ def _tail(R: np.ndarray, S: np.ndarray, lower: float, upper: float) -> float:
 
 def _threads():
     """Context limiting OpenMP threads to ``hvrt.metrics.n-threads`` (None: no limit)."""
-    from contextlib import nullcontext
+    from hvrt_dask._threads import limit_threads
 
-    from threadpoolctl import threadpool_limits
-
-    n = config.get("metrics.n-threads", 1)
-    return nullcontext() if n is None else threadpool_limits(limits=int(n), user_api="openmp")
+    return limit_threads(config.get("metrics.n-threads", 1), user_api="openmp")
 
 
 def _int_seed(seed: int, *key: str) -> int:

@@ -344,8 +344,8 @@ def _map_threads(fn, items) -> list:
     workers = min(len(items), os.cpu_count() or 1)
     if workers <= 1:
         return [fn(i) for i in items]
-    from threadpoolctl import threadpool_limits
+    from hvrt_dask._threads import limit_threads
 
     # One BLAS/OpenMP thread per chunk task: the parallelism comes from the chunks.
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as ex:
+    with limit_threads(1), ThreadPoolExecutor(max_workers=workers) as ex:
         return list(ex.map(fn, items))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
-from threadpoolctl import threadpool_limits
+from hvrt_dask._threads import limit_threads
 
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 
@@ -68,7 +68,7 @@ class VarianceOrderedStrategy:
         order = np.empty(parts.n_rows, dtype=np.int64)
         # One OpenMP/BLAS thread per task: parallelism comes from the chunks, and sklearn's
         # OpenMP pool degrades badly (~50x) when the cores are already busy.
-        with threadpool_limits(1):
+        with limit_threads(1):
             for sl in parts.slices():
                 if sl.stop == sl.start:
                     continue
