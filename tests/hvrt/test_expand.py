@@ -74,10 +74,16 @@ def test_tiny_partition_does_not_copy_rows():
     s = EpanechnikovStrategy()
     out, base = s.generate(s.prepare(Z, parts, {}), np.array([5000]), _rngs(1))
     assert len(np.unique(out, axis=0)) == 5000  # no copies
-    # σ is shrunk towards the global z-variance: 2 real rows + 2 unit pseudo-rows
-    sd = np.sqrt((2 * Z.var(axis=0) + 2) / 4)
+    # σ_j is shrunk towards the partition's mean variance with weight d / (n_p + d); a column
+    # constant over the partition stays (floor-)constant instead of borrowing noise.
+    var = Z.var(axis=0)
+    a = 3 / (2 + 3)
+    sd = np.sqrt((1 - a) * var + a * var.mean())
+    sd[var == 0] = 0.0
+    sd = np.maximum(sd, 0.01)
     u = (out - Z[base]) / (2 ** (-1 / 7) * sd)
     assert np.abs(u).max() <= 1 + 1e-12 and u.std() > 0.4
+    assert np.abs(out[:, 1] - 0.1).max() <= 2 ** (-1 / 7) * 0.01 + 1e-12
 
 
 def _ref_budgets(sizes, n, mz, vw):

@@ -13,7 +13,7 @@ import numpy as np
 
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt.generation.base import GENERATION_STRATEGIES
-from hvrt_dask.hvrt.generation.epanechnikov import KernelContext, _generate, partition_stds
+from hvrt_dask.hvrt.generation.epanechnikov import KernelContext, kernel_stds
 
 NOISE_SCALE = 0.1
 
@@ -28,11 +28,11 @@ class BootstrapNoiseStrategy:
     name = "bootstrap_noise"
 
     def prepare(self, Xz: np.ndarray, parts: ChunkPartitions, params: Mapping[str, Any]) -> KernelContext:
-        h = np.full(parts.n_parts, float(params.get("noise_scale", NOISE_SCALE)))
-        return KernelContext(Xz, parts, partition_stds(Xz, parts), h)
+        h = float(params.get("noise_scale", NOISE_SCALE))
+        return KernelContext(Xz, parts, h * kernel_stds(Xz, parts))
 
     def generate(self, context, budgets, rngs):
-        return _generate(context, budgets, rngs, _gauss)
+        return context.sample(budgets, rngs, _gauss)
 
 
 bootstrap_noise = GENERATION_STRATEGIES.register(BootstrapNoiseStrategy(), "bootstrap", overwrite=True)

@@ -155,23 +155,13 @@ class GaussianKDEStrategy:
         b = C.check_budgets(budgets, rngs, ctx.sizes.shape[0])
         d = ctx.Xz.shape[1]
         factor = adaptive_factor(ctx.sizes, b, d) if ctx.adaptive else ctx.factor
-        total = int(b.sum())
-        Z = np.empty((total, d), dtype=np.float64)
-        base = np.empty(total, dtype=np.int64)
-        off = 0
-        for i, bi in enumerate(b.tolist()):
-            if bi == 0:
-                continue
-            rng = rngs[i]
-            idx = C.resample_rows(rng, int(ctx.starts[i]), int(ctx.sizes[i]), bi)
+
+        def noise(i: int, rng: np.random.Generator, n: int) -> np.ndarray:
             if ctx.fallback[i]:
-                noise = C.fallback_noise(rng, bi, factor[i] * ctx.fallback_std[i])
-            else:
-                noise = (rng.standard_normal((bi, d)) @ ctx.chol[i].T) * factor[i]
-            Z[off : off + bi] = ctx.Xz[idx] + noise
-            base[off : off + bi] = idx
-            off += bi
-        return Z, base
+                return C.fallback_noise(rng, n, factor[i] * ctx.fallback_std[i])
+            return (rng.standard_normal((n, d)) @ ctx.chol[i].T) * factor[i]
+
+        return C.kernel_sample(ctx.Xz, ctx.starts, ctx.sizes, b, rngs, noise)
 
 
 gaussian_kde = GENERATION_STRATEGIES.register(GaussianKDEStrategy())

@@ -91,23 +91,13 @@ class MultivariateKDEStrategy:
         ctx = context
         b = C.check_budgets(budgets, rngs, ctx.sizes.shape[0])
         d = ctx.Xz.shape[1]
-        total = int(b.sum())
-        Z = np.empty((total, d), dtype=np.float64)
-        base = np.empty(total, dtype=np.int64)
-        off = 0
-        for i, bi in enumerate(b.tolist()):
-            if bi == 0:
-                continue
-            rng = rngs[i]
-            idx = C.resample_rows(rng, int(ctx.starts[i]), int(ctx.sizes[i]), bi)
+
+        def noise(i: int, rng: np.random.Generator, n: int) -> np.ndarray:
             if ctx.fallback[i]:
-                noise = C.fallback_noise(rng, bi, ctx.fallback_scale[i])
-            else:
-                noise = rng.standard_normal((bi, d)) @ ctx.chol[i].T
-            Z[off : off + bi] = ctx.Xz[idx] + noise
-            base[off : off + bi] = idx
-            off += bi
-        return Z, base
+                return C.fallback_noise(rng, n, ctx.fallback_scale[i])
+            return rng.standard_normal((n, d)) @ ctx.chol[i].T
+
+        return C.kernel_sample(ctx.Xz, ctx.starts, ctx.sizes, b, rngs, noise)
 
 
 multivariate_kde = GENERATION_STRATEGIES.register(MultivariateKDEStrategy())
