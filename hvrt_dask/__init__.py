@@ -13,7 +13,7 @@ _LAZY = {
     "HART": "hvrt_dask.hvrt.estimator",
     "FastHART": "hvrt_dask.hvrt.estimator",
     "PyramidHART": "hvrt_dask.hvrt.estimator",
-    "metrics": "hvrt_dask.hvrt.metrics",
+    "metrics": "hvrt_dask.metrics",
 }
 
 

@@ -177,3 +177,14 @@ def test_fidelity_report_and_table(data):
         M.fidelity_report(real, synth, metrics=["nope"])
     with pytest.raises(ValueError, match="target"):
         M.fidelity_report(real, synth, metrics=["tstr"])
+
+
+def test_public_module_path():
+    """``hvrt_dask.metrics`` (the documented path) exposes the same functions."""
+    import hvrt_dask
+    from hvrt_dask import metrics as public
+    from hvrt_dask.hvrt import metrics as impl
+
+    assert hvrt_dask.metrics is public
+    for name in impl.__all__:
+        assert getattr(public, name) is getattr(impl, name)
