@@ -104,10 +104,14 @@ class TorchEncoder:
         vals, idx = pre.topk(self.sae.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu_())
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents ``[N, d_sae]`` (float32) of tokens ``x [N, d_in]`` (any float dtype, same device)."""
+    def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents ``[N, d_sae]`` (float32) of tokens ``x [N, d_in]`` (any float dtype, same device).
+
+        ``out`` (float32 ``[N, d_sae]``, contiguous): a buffer for the pre-activations, reused
+        across batches by callers (a fresh multi-100-MB tensor per batch costs page faults).
+        """
         x = self.preprocess(x.to(self.device, torch.float32))
-        pre = torch.addmm(self.b_enc, x, self.W_enc)
+        pre = torch.addmm(self.b_enc, x, self.W_enc) if out is None else torch.addmm(self.b_enc, x, self.W_enc, out=out)
         return self.activate(pre)
 
     def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -125,25 +129,43 @@ class TorchEncoder:
         pre = torch.einsum("ewd,ed->ew", xp, wcols) + self.b_enc[features][:, None]
         return self.activate(pre, features[:, None])
 
-    def encode_sample_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def encode_sample_features(
+        self, x: torch.Tensor, features: torch.Tensor, scratch: dict | None = None
+    ) -> torch.Tensor:
         """Latents of samples ``x [B, T, d_in]`` for a few features per sample ``features [B, m]``.
 
         Returns ``[B, T, m]``: column ``j`` of sample ``b`` is feature ``features[b, j]``. One
         batched matmul against the gathered encoder columns (the context-window pass needs
         only the features whose top examples lie in each sample). ``topk`` needs every
-        feature of a token, so it encodes fully and gathers.
+        feature of a token, so it encodes fully and gathers. ``scratch`` (a dict) keeps the
+        gathered columns' and the result's buffers for reuse by the next call.
         """
         x = x.to(self.device, torch.float32)
         b, t, d = x.shape
-        if self.full_encode_cheaper(features.shape[1]):
+        m = features.shape[1]
+        if self.full_encode_cheaper(m):
             z = self.encode(x.reshape(b * t, d)).reshape(b, t, -1)
-            return z.gather(2, features[:, None, :].expand(b, t, features.shape[1]))
+            return z.gather(2, features[:, None, :].expand(b, t, m))
         if self._W_enc_T is None:  # contiguous rows: a fast gather of encoder columns
             self._W_enc_T = self.W_enc.T.contiguous()
         xp = self.preprocess(x)
-        w = self._W_enc_T[features]  # [B, m, d_in]
-        pre = torch.bmm(xp, w.transpose(1, 2)) + self.b_enc[features][:, None, :]
+        w = scratch_buffer(scratch, "w", (b * m, d), self.device)
+        torch.index_select(self._W_enc_T, 0, features.reshape(-1), out=w)  # [B * m, d_in]
+        pre = scratch_buffer(scratch, "pre", (b, t, m), self.device)
+        torch.bmm(xp, w.view(b, m, d).transpose(1, 2), out=pre)
+        pre += self.b_enc[features][:, None, :]
         return self.activate(pre, features[:, None, :])
+
+
+def scratch_buffer(scratch: dict | None, name: str, shape: tuple, device, dtype=torch.float32) -> torch.Tensor:
+    """A contiguous ``shape`` tensor from ``scratch[name]`` (grown when too small); fresh without scratch."""
+    n = math.prod(shape)
+    if scratch is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buf = scratch.get(name)
+    if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device.type != torch.device(device).type:
+        buf = scratch[name] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n].view(shape)
 
 
 def encode_numpy(sae: SAE, x: np.ndarray, device: str | None = "cpu") -> np.ndarray:

@@ -43,7 +43,13 @@ log = logging.getLogger(__name__)
 
 PARTIALS = "partials"
 #: Most examples handled by one context-window task.
-WINDOW_TASK_EXAMPLES = 65536
+WINDOW_TASK_EXAMPLES = 524288
+#: Tile widths (positions per pseudo-sample) the window pass considers besides the whole sequence.
+WINDOW_TILES = (64, 32, 16, 8)
+#: Columns charged per encoded row in the window pass's work model (gather, normalisation, small matmuls).
+WINDOW_ROW_OVERHEAD = 128
+#: Working memory of one window-pass device step (bytes).
+WINDOW_BUDGET = 256 << 20
 RUN_FILE = "run.json"
 META_KEYS = ("chunks", "workers", "batch_size", "seconds", "read_seconds", "n_nonfinite_masked")
 # run.json keys that must match for a resume to reuse partials
@@ -219,12 +225,16 @@ def extract_chunk(spec: dict, data: dict | None = None) -> dict:
     acc = _stats.StatsAccumulator(f, np.asarray(spec["edges"], np.float32), dev)
     bs = resolve_batch_size(spec["batch_size"], t, d, f, dev)
 
+    zbuf = [None]  # latents buffer, reused by every batch
+
     def step(a: int, b: int) -> None:
         nb = b - a
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(acts[a:b])).to(dev).reshape(-1, d)
             m = torch.from_numpy(mask[a:b]).to(dev).reshape(-1)
-            z = enc.encode(x)  # [nb * t, f], all latents >= 0
+            if zbuf[0] is None or zbuf[0].numel() < nb * t * f:
+                zbuf[0] = torch.empty(nb * t * f, dtype=torch.float32, device=dev)
+            z = enc.encode(x, out=zbuf[0][: nb * t * f].view(nb * t, f))  # [nb * t, f], all latents >= 0
             # Everything after the encode works on the nonzero latents only (sparse):
             # statistics, and each sample's max per feature with its first position.
             flat = z.view(-1)
@@ -253,6 +263,7 @@ def extract_chunk(spec: dict, data: dict | None = None) -> dict:
             acc.add(delta, int(m.sum()))
 
     def on_oom() -> None:
+        zbuf[0] = None
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -294,66 +305,121 @@ def combine_partials(*parts: dict) -> dict:
 def gather_windows(spec: dict) -> dict:
     """Second-pass task: tokens and activations over the context windows of some examples.
 
-    ``spec`` holds one chunk's examples (``features``, ``samples``, ``positions``). Returns
+    ``spec`` holds examples of one chunk (``features``, ``samples``, ``positions``). Returns
     ``tokens [E, W]`` (int32, -1 outside the sequence) and ``acts [E, W]`` (float32, NaN
     outside the sequence or at padding), ``W = prefix + 1 + suffix``.
+
+    Only the samples holding examples are read, and only window tokens are encoded: the
+    examples are grouped into *pseudo-samples*, one per (sample, tile of ``tile`` positions),
+    whose rows are the union of their examples' windows (clipped to the sequence). A
+    pseudo-sample with few features is encoded against only their encoder columns (one
+    batched matmul per step), one with many (or any of a ``topk`` SAE) is encoded fully.
+    The tile width minimises the matmul work (:func:`_window_plan`). Each token's latents
+    are a per-token computation, so restricting rows and columns never changes them.
     """
     import torch
 
+    from hvrt_dask.sae.encode import scratch_buffer
+
     cid, start, stop = spec["chunk"], spec["start"], spec["stop"]
-    enc = get_encoder(spec["sae_path"], spec["sae_hash"], spec["device"])
-    acts, mask, tokens = _read_chunk(spec["store"], cid, start, stop)
+    prefix, suffix = spec["prefix"], spec["suffix"]
     feats = np.asarray(spec["features"], np.int64)
-    s_loc = np.asarray(spec["samples"], np.int64) - start
+    samples = np.asarray(spec["samples"], np.int64)
     pos = np.asarray(spec["positions"], np.int64)
+    w = prefix + 1 + suffix
+    e = len(feats)
+    if e == 0:
+        return {"tokens": np.full((0, w), -1, np.int32), "acts": np.full((0, w), np.nan, np.float32)}
+    enc = get_encoder(spec["sae_path"], spec["sae_hash"], spec["device"])
+    lo, hi = int(samples.min()), int(samples.max()) + 1  # only the samples holding examples
+    acts, mask, tokens = _read_chunk(spec["store"], cid, max(lo, start), min(hi, stop))
+    s_loc = samples - lo
     n, t, d = acts.shape
-    offsets = np.arange(-spec["prefix"], spec["suffix"] + 1)
-    tp = pos[:, None] + offsets[None, :]
-    inside = (tp >= 0) & (tp < t)
-    tc = np.clip(tp, 0, t - 1)
-    tok = np.where(inside, tokens[s_loc[:, None], tc], -1).astype(np.int32)
-    valid = inside & mask[s_loc[:, None], tc]
-    out = np.empty(tok.shape, np.float32)
-    # group the examples by sample: one batched matmul per group of samples against only the
-    # encoder columns of the features whose examples they hold
-    order = np.lexsort((feats, s_loc))
-    s_sorted = s_loc[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    counts = np.diff(np.r_[starts, len(order)])
-    col = np.empty(len(order), np.int64)
-    col[order] = np.arange(len(order)) - np.repeat(starts, counts)
-    per_col = 4 * (3 * t + d)  # bytes per sample and feature column (restricted encode)
-    full = 4 * 2 * t * enc.d_sae  # bytes per sample of a full encode
-    budget = 256 << 20
-    g = 0
+    plan = _window_plan(s_loc, pos, t, prefix, suffix, enc)
+    order, starts, m, ps_sample, r0, rows, full = plan
+    # window tokens and validity: sliding windows over the sequences padded with the pad
+    # marker / False, so that window j of sample s starts at padded index pos
+    tpad = np.full((n, prefix + t + suffix), -1, np.int32)
+    tpad[:, prefix : prefix + t] = tokens
+    mpad = np.zeros((n, prefix + t + suffix), bool)
+    mpad[:, prefix : prefix + t] = mask
+    tok = np.lib.stride_tricks.sliding_window_view(tpad, w, axis=1)[s_loc, pos]
+    invalid = ~np.lib.stride_tricks.sliding_window_view(mpad, w, axis=1)[s_loc, pos]
+    out = np.empty((e, w), np.float32)  # every example belongs to one pseudo-sample
+    zoff = np.arange(-prefix, suffix + 1)
+    rows_in = torch.from_numpy(acts.reshape(n * t, d))
+    # pseudo-samples by kind (restricted first), widest first: batches are padded to their
+    # widest member, so similar widths go together
+    ps_order = np.lexsort((-m, full))
+    dev = enc.device
+    rb = int(rows.max())
+    scratch: dict = {}  # buffers reused by every step (fresh large tensors cost page faults)
     with torch.no_grad():
-        while g < len(starts):
-            h = g + 1
-            width = counts[g]
-            while h < len(starts):
-                w2 = max(width, counts[h])
-                cost = (h + 1 - g) * (full if enc.full_encode_cheaper(w2) else w2 * per_col)
-                if cost > budget:
-                    break
-                width, h = w2, h + 1
-            ex_idx = order[starts[g] : (starts[h] if h < len(starts) else len(order))]
-            samp = s_sorted[starts[g:h]]
-            bl = np.repeat(np.arange(h - g), counts[g:h])
-            fm = np.zeros((h - g, width), np.int64)
-            fm[bl, col[ex_idx]] = feats[ex_idx]
-            x = torch.from_numpy(np.ascontiguousarray(acts[samp])).to(enc.device)
-            bi = torch.from_numpy(bl[:, None]).to(enc.device)
-            ti = torch.from_numpy(tc[ex_idx]).to(enc.device)
-            if enc.full_encode_cheaper(width):  # index the full latents directly
-                z = enc.encode(x.reshape(-1, d)).view(h - g, t, -1)
-                ci = torch.from_numpy(feats[ex_idx][:, None]).to(enc.device)
+        a = 0
+        while a < len(ps_order):
+            is_full = bool(full[ps_order[a]])
+            width = enc.d_sae if is_full else int(m[ps_order[a]])
+            per_ps = 4 * (rb * d * 3 + (rb * width * 3 if is_full else width * d + rb * width * 2))
+            b = min(len(ps_order), a + max(1, WINDOW_BUDGET // per_ps))
+            kinds = full[ps_order[a:b]]
+            if kinds[-1] != is_full:  # never mix kinds in one step
+                b = a + int(np.argmax(kinds != is_full))
+            sel = ps_order[a:b]
+            a = b
+            p = len(sel)
+            r = int(rows[sel].max())
+            cnt = m[sel]
+            within = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)  # column in its pseudo-sample
+            ex = order[np.repeat(starts[sel], cnt) + within]  # example ids
+            psl = np.repeat(np.arange(p), cnt)  # local pseudo-sample of each example
+            # the pseudo-samples' rows (clipped at the sequence end; extra rows are never read)
+            src_rows = (ps_sample[sel] * t)[:, None] + np.minimum(r0[sel][:, None] + np.arange(r), t - 1)
+            xb = scratch_buffer(scratch, "x", (p * r, d), "cpu", rows_in.dtype)
+            torch.index_select(rows_in, 0, torch.from_numpy(src_rows.reshape(-1)), out=xb)
+            x = xb.view(p, r, d).to(dev)
+            if is_full:
+                zc = enc.d_sae
+                z = enc.encode(x.reshape(p * r, d), out=scratch_buffer(scratch, "z", (p * r, zc), dev))
+                col = feats[ex]
             else:
-                z = enc.encode_sample_features(x, torch.from_numpy(fm).to(enc.device))
-                ci = torch.from_numpy(col[ex_idx][:, None]).to(enc.device)
-            out[ex_idx] = z[bi, ti, ci].cpu().numpy()
-            g = h
-    out[~valid] = np.nan
+                zc = int(cnt.max())
+                fm = np.zeros((p, zc), np.int64)
+                fm[psl, within] = feats[ex]
+                z = enc.encode_sample_features(x, torch.from_numpy(fm).to(dev), scratch)
+                col = within
+            # flat index into z of each window token: positions inside the sequence lie in
+            # their pseudo-sample's rows; the others (clamped into z) are invalid anyway
+            zi = ((psl * r + pos[ex] - r0[sel][psl]) * zc + col)[:, None] + zoff * zc
+            np.clip(zi, 0, z.numel() - 1, out=zi)
+            out[ex] = torch.take(z, torch.from_numpy(zi).to(dev)).cpu().numpy()
+    out[invalid] = np.nan
     return {"tokens": tok, "acts": out}
+
+
+def _window_plan(s_loc, pos, t, prefix, suffix, enc):
+    """Pseudo-samples of the window pass at the tile width with the least matmul work.
+
+    Returns ``order`` (examples grouped by pseudo-sample), per pseudo-sample ``starts`` (into
+    ``order``), ``m`` (examples), ``sample``, first row ``r0``, ``rows`` and ``full`` (encode
+    all features). Work of a pseudo-sample: ``rows * (width + WINDOW_ROW_OVERHEAD)``, with
+    ``width`` = ``d_sae`` when fully encoded, else ``m`` (smaller tiles encode fewer rows per
+    example but more rows in all, each with a fixed cost).
+    """
+    best = None
+    for tile in (t, *[g for g in WINDOW_TILES if g < t]):
+        key = s_loc * (-(-t // tile)) + pos // tile
+        order = np.argsort(key, kind="stable")
+        k = key[order]
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        m = np.diff(np.r_[starts, len(k)])
+        ps = pos[order]
+        r0 = np.maximum(np.minimum.reduceat(ps, starts) - prefix, 0)
+        rows = np.minimum(np.maximum.reduceat(ps, starts) + suffix + 1, t) - r0
+        full = np.broadcast_to(enc.full_encode_cheaper(m), m.shape)
+        cost = int((rows * (np.where(full, enc.d_sae, m) + WINDOW_ROW_OVERHEAD)).sum())
+        if best is None or cost < best[0]:
+            best = (cost, (order, starts, m, s_loc[order[starts]], r0, rows, full))
+    return best[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -789,21 +855,33 @@ def extract_features(
     # ---- second pass: context windows of the top examples
     tk = _topk.aggregate({k: final[k] for k in _topk.KEYS})
     w = prefix + 1 + suffix
-    win_tokens = np.full((sae_obj.d_sae, top_k, w), -1, np.int32)
-    win_acts = np.full((sae_obj.d_sae, top_k, w), np.nan, np.float32)
-    fi, ri = np.nonzero(tk["samples"] >= 0)
+    # every example slot is written by exactly one window task; only empty slots are filled here
+    win_tokens = np.empty((sae_obj.d_sae, top_k, w), np.int32)
+    win_acts = np.empty((sae_obj.d_sae, top_k, w), np.float32)
+    empty_slots = tk["samples"] < 0
+    win_tokens[empty_slots] = -1
+    win_acts[empty_slots] = np.nan
+    fi, ri = np.nonzero(~empty_slots)
     samples = tk["samples"][fi, ri]
+    # by sample (hence by chunk); within a sample the feature order is kept
+    order = np.argsort(samples, kind="stable")
+    fi, ri, samples = fi[order], ri[order], samples[order]
     chunk_of = samples // chunk_samples
-    order = np.argsort(chunk_of, kind="stable")
-    fi, ri, samples, chunk_of = fi[order], ri[order], samples[order], chunk_of[order]
     cuts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True]) if len(chunk_of) else np.array([0])
     # one task per chunk, split so that no task handles more than WINDOW_TASK_EXAMPLES examples
-    # (bounds a task's memory when few samples hold the examples of many features)
-    groups = [
-        (int(chunk_of[cuts[j]]), lo, min(lo + WINDOW_TASK_EXAMPLES, cuts[j + 1]))
-        for j in range(len(cuts) - 1)
-        for lo in range(cuts[j], cuts[j + 1], WINDOW_TASK_EXAMPLES)
-    ] if len(chunk_of) else []
+    # (bounds a task's memory when few samples hold the examples of many features); splits
+    # fall on sample boundaries where they can, so that each sample is encoded once
+    groups = []
+    for j in range(len(cuts) - 1):
+        lo, end = int(cuts[j]), int(cuts[j + 1])
+        size = -(-(end - lo) // -(-(end - lo) // WINDOW_TASK_EXAMPLES))  # balanced pieces
+        while lo < end:
+            hi = min(lo + size, end)
+            if hi < end:
+                first = int(np.searchsorted(samples, samples[hi], side="left"))
+                hi = first if first > lo else hi
+            groups.append((int(chunk_of[lo]), lo, hi))
+            lo = hi
 
     def make2(g):
         cid, lo, hi = g

@@ -73,17 +73,53 @@ def chunk(
 ) -> dict[str, np.ndarray]:
     """Top-k partial of one chunk from per-sample maxima ``[S, d_sae]`` and their positions.
 
-    ``prefilter`` first drops, per feature, samples below the k-th largest value (exact: any
-    sample strictly below it cannot enter the top-k); ties at the boundary are all kept.
+    ``prefilter`` (float32 maxima): a per-feature selection on packed keys
+    (:func:`_top_columns`). Otherwise, and for other dtypes, the reference path: drop
+    nothing, sort every positive candidate (:func:`from_candidates`).
     """
     s, d_sae = sample_max.shape
-    if prefilter and s > k:
-        kth = -np.partition(-sample_max.T, k - 1, axis=1)[:, k - 1]  # k-th largest per feature
-        cand = (sample_max >= kth) & (sample_max > 0)
-    else:
-        cand = sample_max > 0
-    si, fi = np.nonzero(cand)
-    return from_candidates(fi, sample_max[si, fi], np.asarray(sample_ids)[si], sample_argmax[si, fi], d_sae, k)
+    ids = np.asarray(sample_ids, np.int64)
+    if prefilter and s and sample_max.dtype == np.float32:
+        # a sample appears once per feature, so (value desc, sample asc) is a strict order;
+        # the sample's rank among the chunk's ids breaks ties
+        rank = np.empty(s, np.int64)
+        rank[np.argsort(ids, kind="stable")] = np.arange(s)
+        vt = np.ascontiguousarray(sample_max.T)  # [d_sae, S]
+        key = _pack(vt, (s - 1 - rank)[None, :])
+        cols = _top_columns(key, k)
+        kk = cols.shape[1]
+        out = empty(d_sae, k)
+        live = np.take_along_axis(key, cols, 1) >= 0
+        out["values"][:, :kk] = np.where(live, np.take_along_axis(vt, cols, 1), EMPTY_VALUE)
+        out["samples"][:, :kk] = np.where(live, ids[cols], -1)
+        out["positions"][:, :kk] = np.where(live, np.take_along_axis(np.ascontiguousarray(sample_argmax.T), cols, 1), -1)
+        return out
+    si, fi = np.nonzero(sample_max > 0)
+    return from_candidates(fi, sample_max[si, fi], ids[si], sample_argmax[si, fi], d_sae, k)
+
+
+def _pack(values: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """int64 keys ordered like (value, low) for positive float32 ``values``; -1 where ``values <= 0``.
+
+    A positive float32's bit pattern is monotonic in its value, so ``bits << 32 | low``
+    (``0 <= low < 2**32``) compares like the pair.
+    """
+    key = values.view(np.int32).astype(np.int64)
+    key <<= 32
+    key |= low
+    key[~(values > 0)] = -1
+    return key
+
+
+def _top_columns(key: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of the ``min(k, n)`` largest keys, in descending key order.
+
+    Exact when the non-negative keys of a row are distinct (negative keys are dead slots).
+    """
+    import torch
+
+    kk = min(k, key.shape[1])
+    return torch.topk(torch.from_numpy(key), kk, dim=1, largest=True, sorted=True).indices.numpy()
 
 
 def chunk_sorted(sample_max, sample_argmax, start: int, k: int) -> dict[str, np.ndarray]:
@@ -118,6 +154,19 @@ def combine(partials: Sequence[dict[str, np.ndarray]], k: int | None = None) -> 
     vals = np.concatenate([p["values"] for p in partials], axis=1)
     samp = np.concatenate([p["samples"] for p in partials], axis=1)
     pos = np.concatenate([p["positions"] for p in partials], axis=1)
+    if vals.dtype == np.float32 and vals.shape[1] and samp.max() < 2**32 - 1:
+        # partials cover disjoint samples: (value desc, sample asc) is a strict order per
+        # feature, selected on packed keys (sample ids < 2**32 - 1)
+        key = _pack(vals, np.where(samp >= 0, 2**32 - 1 - samp, 0))
+        key[samp < 0] = -1
+        cols = _top_columns(key, k)
+        kk = cols.shape[1]
+        out = empty(d_sae, k)
+        live = np.take_along_axis(key, cols, 1) >= 0
+        out["values"][:, :kk] = np.where(live, np.take_along_axis(vals, cols, 1), EMPTY_VALUE)
+        out["samples"][:, :kk] = np.where(live, np.take_along_axis(samp, cols, 1), -1)
+        out["positions"][:, :kk] = np.where(live, np.take_along_axis(pos, cols, 1), -1)
+        return out
     live = samp >= 0
     if vals.shape[1] > k:
         # exact prefilter: entries strictly below a feature's k-th largest value cannot be

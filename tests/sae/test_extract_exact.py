@@ -228,3 +228,40 @@ def test_split_window_tasks_identical(data, baseline, tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "WINDOW_TASK_EXAMPLES", 7)
     r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF, progress=False)
     assert_same(open_output(r.path).load(), baseline)
+
+
+@pytest.mark.parametrize("variant", ["small_tiles", "whole_samples", "full_encode", "one_per_step"])
+def test_window_pass_plans_identical(data, baseline, tmp_path, monkeypatch, variant):
+    """Every pseudo-sample layout of the window pass gives the same windows."""
+    import hvrt_dask.sae.extract as ex
+    from hvrt_dask.sae.encode import TorchEncoder
+
+    if variant == "small_tiles":  # tiles of 2 positions: many overlapping row ranges
+        monkeypatch.setattr(ex, "WINDOW_TILES", (2,))
+        monkeypatch.setattr(ex, "WINDOW_ROW_OVERHEAD", 0)
+    elif variant == "whole_samples":
+        monkeypatch.setattr(ex, "WINDOW_TILES", ())
+    elif variant == "full_encode":  # every pseudo-sample fully encoded, then indexed
+        monkeypatch.setattr(TorchEncoder, "full_encode_cheaper", lambda self, m: True)
+    else:  # one pseudo-sample per device step
+        monkeypatch.setattr(ex, "WINDOW_BUDGET", 1)
+    r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF, progress=False)
+    assert_same(open_output(r.path).load(), baseline)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "topk"])
+@pytest.mark.parametrize("tiles", [None, (2,)])
+def test_window_pass_other_architectures(data, tmp_path, monkeypatch, arch, tiles):
+    """Windows of jumprelu (thresholds of a feature subset) and topk (full encode) SAEs."""
+    import hvrt_dask.sae.extract as ex
+    from hvrt_dask.sae.encode import encode_numpy
+    from hvrt_dask.sae.weights import load_sae
+
+    if tiles is not None:
+        monkeypatch.setattr(ex, "WINDOW_TILES", tiles)
+        monkeypatch.setattr(ex, "WINDOW_ROW_OVERHEAD", 0)
+    make_sae(tmp_path / "sae", d_in=12, d_sae=40, arch=arch, k=4)
+    z = encode_numpy(load_sae(tmp_path / "sae"), data["acts"])
+    z[~data["mask"]] = 0
+    r = extract_features(data["store"], tmp_path / "sae", tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF, progress=False)
+    check_against_reference(open_output(r.path).load(), {**data, "z": z, "ref": sequential_reference(z, data["mask"], K)})
