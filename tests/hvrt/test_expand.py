@@ -17,6 +17,8 @@ from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES
 from hvrt_dask.hvrt.generation.bootstrap import BootstrapNoiseStrategy
 from hvrt_dask.hvrt.generation.epanechnikov import EpanechnikovStrategy
 
+from _budget_reference import spec_budgets
+
 
 def _rngs(k, seed=0):
     return [np.random.default_rng([seed, i]) for i in range(k)]
@@ -86,25 +88,6 @@ def test_tiny_partition_does_not_copy_rows():
     assert np.abs(out[:, 1] - 0.1).max() <= 2 ** (-1 / 7) * 0.01 + 1e-12
 
 
-def _ref_budgets(sizes, n, mz, vw):
-    """Independent re-implementation of the reference integerisation (§3)."""
-    sizes = np.asarray(sizes, float)
-    if vw is False:
-        w = sizes / sizes.sum()
-    elif vw is True:
-        w = np.maximum(mz, 1e-10)
-        w = w / w.sum()
-    else:
-        w = sizes * np.maximum(mz, 1e-10)
-        w = w / w.sum()
-    b = [int(np.floor(x * n)) for x in w]
-    while sum(b) > n:
-        j = max(range(len(b)), key=lambda k: (b[k], -k))
-        b[j] -= 1
-    while sum(b) < n:
-        j = min(range(len(b)), key=lambda k: (b[k], k))
-        b[j] += 1
-    return np.array(b)
 
 
 class _Recorder(EpanechnikovStrategy):
@@ -129,7 +112,7 @@ def test_budgets_follow_reference_integerisation(vw):
     out = m.expand(4321, generation_strategy=rec, variance_weighted=vw)
     assert out.shape == (4321, 4)
     got = np.array([rec.seen[int(p)] for p in m.unique_partitions_])
-    np.testing.assert_array_equal(got, _ref_budgets(m.partition_sizes_, 4321, m.partition_mean_abs_z_, vw))
+    np.testing.assert_array_equal(got, spec_budgets(m.partition_sizes_, 4321, m.partition_mean_abs_z_, vw, floor=0, clip=False))
 
 
 def test_mean_abs_z_definition():
