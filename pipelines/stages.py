@@ -115,10 +115,16 @@ def _estimator(section: Any, ctx: StageContext) -> Any:
     return HVRT(**params)
 
 
+def _fitted_estimator(section: Any, ctx: StageContext) -> Any:
+    """The HVRT estimator of an expand/reduce section, fitted on the section's data."""
+    data = load_data(section.data, section.persist_input)
+    return _estimator(section, ctx).fit(data, feature_types=section.feature_types)
+
+
 def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
     out = out_path("expand", section, ctx)
     _clear_stale_output(out, ctx)
-    est = _estimator(section, ctx).fit(load_data(section.data, section.persist_input), feature_types=section.feature_types)
+    est = _fitted_estimator(section, ctx)
     result = est.expand(
         section.n,
         generation_strategy=section.generation_strategy,
@@ -134,7 +140,7 @@ def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
 def run_reduce(section: Any, ctx: StageContext) -> dict[str, Any]:
     out = out_path("reduce", section, ctx)
     _clear_stale_output(out, ctx)
-    est = _estimator(section, ctx).fit(load_data(section.data, section.persist_input), feature_types=section.feature_types)
+    est = _fitted_estimator(section, ctx)
     result = est.reduce(
         n=section.n,
         ratio=section.ratio,

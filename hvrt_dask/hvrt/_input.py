@@ -132,7 +132,8 @@ def _pandas_numeric(dt) -> bool:
     return bool(pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
 
 
-def _numeric_dask(arr: da.Array, kind: str, feature_types, columns=None, has_names=False):
+def _numeric_spec(arr: Any, kind: str, feature_types, columns=None, has_names=False) -> InputSpec:
+    """Validate a 2-D numeric array (numpy or dask) and describe it."""
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-dimensional, got shape {arr.shape}")
     if not _is_numeric(arr.dtype):
@@ -143,7 +144,11 @@ def _numeric_dask(arr: da.Array, kind: str, feature_types, columns=None, has_nam
     d = arr.shape[1]
     ft = _check_feature_types(feature_types, d)
     cols = columns if columns is not None else [f"x{j}" for j in range(d)]
-    spec = InputSpec(kind, list(cols), has_names, [np.dtype(arr.dtype)] * d, ft)
+    return InputSpec(kind, list(cols), has_names, [np.dtype(arr.dtype)] * d, ft)
+
+
+def _numeric_dask(arr: da.Array, kind: str, feature_types, columns=None, has_names=False):
+    spec = _numeric_spec(arr, kind, feature_types, columns, has_names)
     return arr.astype(np.float64).rechunk({1: -1}), spec
 
 
@@ -208,16 +213,7 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
         return _numeric_dask(da.from_zarr(X), "zarr", feature_types)
     if isinstance(X, (list, tuple)) or isinstance(X, np.ndarray):
         arr = np.asarray(X)
-        if arr.ndim != 2:
-            raise ValueError(f"X must be 2-dimensional, got shape {arr.shape}")
-        if not _is_numeric(arr.dtype):
-            raise TypeError(
-                f"X has non-numeric dtype {arr.dtype}; encode categoricals numerically "
-                "or pass a pandas DataFrame with feature_types"
-            )
-        d = arr.shape[1]
-        ft = _check_feature_types(feature_types, d)
-        spec = InputSpec("numpy", [f"x{j}" for j in range(d)], False, [arr.dtype] * d, ft)
+        spec = _numeric_spec(arr, "numpy", feature_types)
         return np.asarray(arr, dtype=np.float64), spec
     raise TypeError(
         f"unsupported input type {type(X).__name__}; expected a numpy array, pandas or dask "
