@@ -63,6 +63,8 @@ class TorchEncoder:
             else None
         )
         self._W_enc_T = None
+        # subtracting an all-zero b_dec changes nothing (x - 0 == x exactly): skip the pass
+        self._subtract_b_dec = bool(sae.apply_b_dec_to_input and np.any(sae.b_dec != 0))
 
     def full_encode_cheaper(self, m: int) -> bool:
         """Whether ``m`` features per sample are better served by a full encode (always for topk)."""
@@ -82,7 +84,7 @@ class TorchEncoder:
         elif norm == "layer_norm":
             x = x - x.mean(dim=-1, keepdim=True)
             x = x / (x.std(dim=-1, keepdim=True) + 1e-5)
-        if self.sae.apply_b_dec_to_input:
+        if self._subtract_b_dec:
             x = x - self.b_dec
         return x
 

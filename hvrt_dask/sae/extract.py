@@ -303,11 +303,11 @@ def combine_partials(*parts: dict) -> dict:
 
 
 def gather_windows(spec: dict) -> dict:
-    """Second-pass task: tokens and activations over the context windows of some examples.
+    """Second-pass task: the feature's activations over the context windows of some examples.
 
     ``spec`` holds examples of one chunk (``features``, ``samples``, ``positions``). Returns
-    ``tokens [E, W]`` (int32, -1 outside the sequence) and ``acts [E, W]`` (float32, NaN
-    outside the sequence or at padding), ``W = prefix + 1 + suffix``.
+    ``acts [E, W]`` (float32, NaN outside the sequence or at padding), ``W = prefix + 1 +
+    suffix``. (The windows' token ids are gathered by the driver: :func:`window_tokens`.)
 
     Only the samples holding examples are read, and only window tokens are encoded: the
     examples are grouped into *pseudo-samples*, one per (sample, tile of ``tile`` positions),
@@ -329,22 +329,15 @@ def gather_windows(spec: dict) -> dict:
     w = prefix + 1 + suffix
     e = len(feats)
     if e == 0:
-        return {"tokens": np.full((0, w), -1, np.int32), "acts": np.full((0, w), np.nan, np.float32)}
+        return {"acts": np.full((0, w), np.nan, np.float32)}
     enc = get_encoder(spec["sae_path"], spec["sae_hash"], spec["device"])
     lo, hi = int(samples.min()), int(samples.max()) + 1  # only the samples holding examples
-    acts, mask, tokens = _read_chunk(spec["store"], cid, max(lo, start), min(hi, stop))
+    acts, mask, _ = _read_chunk(spec["store"], cid, max(lo, start), min(hi, stop))
     s_loc = samples - lo
     n, t, d = acts.shape
     plan = _window_plan(s_loc, pos, t, prefix, suffix, enc)
     order, starts, m, ps_sample, r0, rows, full = plan
-    # window tokens and validity: sliding windows over the sequences padded with the pad
-    # marker / False, so that window j of sample s starts at padded index pos
-    tpad = np.full((n, prefix + t + suffix), -1, np.int32)
-    tpad[:, prefix : prefix + t] = tokens
-    mpad = np.zeros((n, prefix + t + suffix), bool)
-    mpad[:, prefix : prefix + t] = mask
-    tok = np.lib.stride_tricks.sliding_window_view(tpad, w, axis=1)[s_loc, pos]
-    invalid = ~np.lib.stride_tricks.sliding_window_view(mpad, w, axis=1)[s_loc, pos]
+    invalid = ~_windows(mask, s_loc, pos, prefix, suffix, False)
     out = np.empty((e, w), np.float32)  # every example belongs to one pseudo-sample
     zoff = np.arange(-prefix, suffix + 1)
     rows_in = torch.from_numpy(acts.reshape(n * t, d))
@@ -393,7 +386,51 @@ def gather_windows(spec: dict) -> dict:
             np.clip(zi, 0, z.numel() - 1, out=zi)
             out[ex] = torch.take(z, torch.from_numpy(zi).to(dev)).cpu().numpy()
     out[invalid] = np.nan
-    return {"tokens": tok, "acts": out}
+    return {"acts": out}
+
+
+def _windows(rows: np.ndarray, which: np.ndarray, pos: np.ndarray, prefix: int, suffix: int, fill) -> np.ndarray:
+    """``rows[which[i], pos[i] - prefix : pos[i] + suffix + 1]`` for every ``i`` (``[E, W]``),
+    ``fill`` outside the sequence: sliding windows over the rows padded with ``fill``."""
+    n, t = rows.shape
+    padded = np.full((n, prefix + t + suffix), fill, rows.dtype)
+    padded[:, prefix : prefix + t] = rows
+    return np.lib.stride_tricks.sliding_window_view(padded, prefix + 1 + suffix, axis=1)[which, pos]
+
+
+def window_tokens(st: ActivationStore, samples: np.ndarray, positions: np.ndarray, prefix: int, suffix: int) -> np.ndarray:
+    """Token ids of every example's context window (``-1`` outside the sequence and for
+    empty slots), in the layout of ``samples``/``positions`` plus a window axis.
+
+    Reads only the ``tokens`` chunks that hold examples (tokens are ``d_in`` times smaller
+    than the activations, so the driver does this itself and the window tasks return only
+    activations).
+    """
+    w = prefix + 1 + suffix
+    out = np.full(samples.shape + (w,), -1, np.int32)
+    live = samples >= 0
+    uniq, inv = np.unique(samples[live], return_inverse=True)
+    if not len(uniq):
+        return out
+    cs = st.chunk_samples
+    rows = np.empty((len(uniq), st.seq_len), np.int32)
+    cuts = np.searchsorted(uniq, np.arange(uniq[0] // cs, uniq[-1] // cs + 2) * cs)
+    for j in range(len(cuts) - 1):
+        lo, hi = int(cuts[j]), int(cuts[j + 1])
+        if lo == hi:
+            continue
+        a = int(uniq[lo]) // cs * cs
+        b = min(a + cs, st.n_samples)
+        try:
+            block = np.asarray(st.tokens[a:b])
+        except Exception as exc:
+            raise ChunkReadError(
+                f"tokens of chunk {a // cs} (samples {a}..{b - 1}) of activation store {st.path!r} could not be read: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        rows[lo:hi] = block[uniq[lo:hi] - a]
+    out[live] = _windows(rows, inv, positions[live], prefix, suffix, -1)
+    return out
 
 
 def _window_plan(s_loc, pos, t, prefix, suffix, enc):
@@ -856,10 +893,9 @@ def extract_features(
     tk = _topk.aggregate({k: final[k] for k in _topk.KEYS})
     w = prefix + 1 + suffix
     # every example slot is written by exactly one window task; only empty slots are filled here
-    win_tokens = np.empty((sae_obj.d_sae, top_k, w), np.int32)
+    win_tokens = window_tokens(st, tk["samples"], tk["positions"], prefix, suffix)
     win_acts = np.empty((sae_obj.d_sae, top_k, w), np.float32)
     empty_slots = tk["samples"] < 0
-    win_tokens[empty_slots] = -1
     win_acts[empty_slots] = np.nan
     fi, ri = np.nonzero(~empty_slots)
     samples = tk["samples"][fi, ri]
@@ -895,11 +931,12 @@ def extract_features(
         }
         return ex.submit(gather_windows, spec, gpu=True, key=f"hvrt-sae-window-{cid}-{lo}")
 
+    slot = fi * top_k + ri  # flat (feature, rank) slot: a 1-d row index scatters ~4x faster
+    acts_rows = win_acts.reshape(-1, w)
+
     def on_done2(g, fut):
         _, lo, hi = g
-        res = fut.result()
-        win_tokens[fi[lo:hi], ri[lo:hi]] = res["tokens"]
-        win_acts[fi[lo:hi], ri[lo:hi]] = res["acts"]
+        acts_rows[slot[lo:hi]] = fut.result()["acts"]
 
     ex.run_bounded(groups, make2, max_in_flight, on_done2)
     t3 = time.perf_counter()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from hvrt_dask.sae.codecs import fast_codec
 from hvrt_dask.sae.stats import bin_bounds
 
 
@@ -135,6 +136,8 @@ def write_output(
     }
     fc = min(feature_chunk, d_sae)
     encoding = {name: {"chunks": (fc,) + v.shape[1:]} for name, v in ds.data_vars.items()}
+    for name in ("window_tokens", "window_acts"):  # the two large arrays (d_sae x top_k x window)
+        encoding[name]["compressors"] = (fast_codec(),)
     t0 = time.perf_counter()
     ds.attrs = {**attrs, "complete": False, "timings": _jsonable(timings)}
     # whole-array numpy writes: no partial-chunk races

@@ -7,7 +7,8 @@ A Zarr v3 group with
 ``mask``         bool, shape ``(n_samples, seq_len)``: True where the token is valid
                  (padding is False and never counts)
 
-all chunked along samples only (one chunk = ``chunk_samples`` whole samples), and group
+(``activations`` written with byte-shuffled LZ4, :func:`~hvrt_dask.sae.codecs.fast_codec`;
+any codec Zarr reads is accepted), all chunked along samples only (one chunk = ``chunk_samples`` whole samples), and group
 attributes
 
 ``format``     ``"hvrt_dask.activations/1"``
@@ -28,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import zarr
+
+from hvrt_dask.sae.codecs import fast_codec
 
 FORMAT = "hvrt_dask.activations/1"
 REQUIRED = ("activations", "tokens", "mask")
@@ -91,7 +94,8 @@ def create_store(
         raise ValueError(f"activation dtype must be float16 or float32, got {dtype}")
     g = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3)
     cs = int(max(1, min(chunk_samples, n_samples)))
-    g.create_array("activations", shape=(n_samples, seq_len, d_in), chunks=(cs, seq_len, d_in), dtype=dtype, fill_value=0)
+    g.create_array("activations", shape=(n_samples, seq_len, d_in), chunks=(cs, seq_len, d_in), dtype=dtype,
+                   fill_value=0, compressors=(fast_codec(),))
     g.create_array("tokens", shape=(n_samples, seq_len), chunks=(cs, seq_len), dtype="int32", fill_value=0)
     g.create_array("mask", shape=(n_samples, seq_len), chunks=(cs, seq_len), dtype="bool", fill_value=False)
     g.create_array("done", shape=(-(-n_samples // cs),), chunks=(-(-n_samples // cs),), dtype="bool", fill_value=False)

@@ -74,52 +74,62 @@ def chunk(
     """Top-k partial of one chunk from per-sample maxima ``[S, d_sae]`` and their positions.
 
     ``prefilter`` (float32 maxima): a per-feature selection on packed keys
-    (:func:`_top_columns`). Otherwise, and for other dtypes, the reference path: drop
+    (:func:`_select_packed`). Otherwise, and for other dtypes, the reference path: drop
     nothing, sort every positive candidate (:func:`from_candidates`).
     """
     s, d_sae = sample_max.shape
     ids = np.asarray(sample_ids, np.int64)
     if prefilter and s and sample_max.dtype == np.float32:
+        import torch
+
         # a sample appears once per feature, so (value desc, sample asc) is a strict order;
-        # the sample's rank among the chunk's ids breaks ties
-        rank = np.empty(s, np.int64)
-        rank[np.argsort(ids, kind="stable")] = np.arange(s)
-        vt = np.ascontiguousarray(sample_max.T)  # [d_sae, S]
-        key = _pack(vt, (s - 1 - rank)[None, :])
-        cols = _top_columns(key, k)
-        kk = cols.shape[1]
+        # the sample's rank among the chunk's ids breaks ties (low word = s - 1 - rank)
+        by_rank = np.sort(ids)
+        order = np.argsort(ids, kind="stable")
+        low = torch.from_numpy(np.ascontiguousarray((s - 1 - np.argsort(order))[:, None]))
+        key = _pack(torch.from_numpy(sample_max), low).T  # [d_sae, S] (a view)
+        values, low_sel, rows, live = _select_packed(key, k)
         out = empty(d_sae, k)
-        live = np.take_along_axis(key, cols, 1) >= 0
-        out["values"][:, :kk] = np.where(live, np.take_along_axis(vt, cols, 1), EMPTY_VALUE)
-        out["samples"][:, :kk] = np.where(live, ids[cols], -1)
-        out["positions"][:, :kk] = np.where(live, np.take_along_axis(np.ascontiguousarray(sample_argmax.T), cols, 1), -1)
+        kk = rows.shape[1]
+        flat = rows * d_sae + np.arange(d_sae)[:, None]  # (sample row, feature) in sample_argmax
+        out["values"][:, :kk] = values
+        out["samples"][:, :kk] = np.where(live, by_rank[np.clip(s - 1 - low_sel, 0, s - 1)], -1)
+        out["positions"][:, :kk] = np.where(live, np.take(sample_argmax, flat), -1)
         return out
     si, fi = np.nonzero(sample_max > 0)
     return from_candidates(fi, sample_max[si, fi], ids[si], sample_argmax[si, fi], d_sae, k)
 
 
-def _pack(values: np.ndarray, low: np.ndarray) -> np.ndarray:
+def _pack(values, low):
     """int64 keys ordered like (value, low) for positive float32 ``values``; -1 where ``values <= 0``.
 
-    A positive float32's bit pattern is monotonic in its value, so ``bits << 32 | low``
-    (``0 <= low < 2**32``) compares like the pair.
+    Torch tensors (elementwise work runs on all intra-op threads). A positive float32's bit
+    pattern is monotonic in its value, so ``bits << 32 | low`` (``0 <= low < 2**32``) compares
+    like the pair, and both halves are recovered from the key (:func:`_select_packed`).
     """
-    key = values.view(np.int32).astype(np.int64)
-    key <<= 32
-    key |= low
-    key[~(values > 0)] = -1
-    return key
+    import torch
+
+    key = values.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(low)
+    return key.masked_fill_(~(values > 0), -1)
 
 
-def _top_columns(key: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the columns of the ``min(k, n)`` largest keys, in descending key order.
+def _select_packed(key, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of packed keys ``[rows, n]`` (torch), the ``min(k, n)`` largest, descending.
 
-    Exact when the non-negative keys of a row are distinct (negative keys are dead slots).
+    Returns ``values`` (float32, ``EMPTY_VALUE`` at dead slots), the keys' low words
+    (int64), their columns and the live mask. Exact when the live (non-negative) keys of a
+    row are distinct.
     """
     import torch
 
     kk = min(k, key.shape[1])
-    return torch.topk(torch.from_numpy(key), kk, dim=1, largest=True, sorted=True).indices.numpy()
+    top = torch.topk(key, kk, dim=1, largest=True, sorted=True)
+    keys = top.values
+    live = (keys >= 0).numpy()
+    values = torch.bitwise_right_shift(keys, 32).to(torch.int32).view(torch.float32).numpy()
+    values = np.where(live, values, np.float32(EMPTY_VALUE))
+    low = keys.bitwise_and(0xFFFFFFFF).numpy()
+    return values, low, top.indices.numpy(), live
 
 
 def chunk_sorted(sample_max, sample_argmax, start: int, k: int) -> dict[str, np.ndarray]:
@@ -155,16 +165,18 @@ def combine(partials: Sequence[dict[str, np.ndarray]], k: int | None = None) -> 
     samp = np.concatenate([p["samples"] for p in partials], axis=1)
     pos = np.concatenate([p["positions"] for p in partials], axis=1)
     if vals.dtype == np.float32 and vals.shape[1] and samp.max() < 2**32 - 1:
+        import torch
+
         # partials cover disjoint samples: (value desc, sample asc) is a strict order per
-        # feature, selected on packed keys (sample ids < 2**32 - 1)
-        key = _pack(vals, np.where(samp >= 0, 2**32 - 1 - samp, 0))
-        key[samp < 0] = -1
-        cols = _top_columns(key, k)
+        # feature, selected on packed keys (low word 2**32 - 1 - sample; ids < 2**32 - 1)
+        st = torch.from_numpy(samp)
+        key = _pack(torch.from_numpy(vals), (2**32 - 1) - st.clamp(min=0))
+        key.masked_fill_(st < 0, -1)
+        values, low, cols, live = _select_packed(key, k)
         kk = cols.shape[1]
         out = empty(d_sae, k)
-        live = np.take_along_axis(key, cols, 1) >= 0
-        out["values"][:, :kk] = np.where(live, np.take_along_axis(vals, cols, 1), EMPTY_VALUE)
-        out["samples"][:, :kk] = np.where(live, np.take_along_axis(samp, cols, 1), -1)
+        out["values"][:, :kk] = values
+        out["samples"][:, :kk] = np.where(live, (2**32 - 1) - low, -1)
         out["positions"][:, :kk] = np.where(live, np.take_along_axis(pos, cols, 1), -1)
         return out
     live = samp >= 0
