@@ -26,6 +26,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -392,10 +393,14 @@ def gather_windows(spec: dict) -> dict:
 def _windows(rows: np.ndarray, which: np.ndarray, pos: np.ndarray, prefix: int, suffix: int, fill) -> np.ndarray:
     """``rows[which[i], pos[i] - prefix : pos[i] + suffix + 1]`` for every ``i`` (``[E, W]``),
     ``fill`` outside the sequence: sliding windows over the rows padded with ``fill``."""
+    import torch
+
     n, t = rows.shape
     padded = np.full((n, prefix + t + suffix), fill, rows.dtype)
     padded[:, prefix : prefix + t] = rows
-    return np.lib.stride_tricks.sliding_window_view(padded, prefix + 1 + suffix, axis=1)[which, pos]
+    # torch's gather over the unfolded view is ~6x faster than numpy's over sliding_window_view
+    win = torch.from_numpy(padded).unfold(1, prefix + 1 + suffix, 1)
+    return win[torch.from_numpy(np.asarray(which, np.int64)), torch.from_numpy(np.asarray(pos, np.int64))].numpy()
 
 
 def window_tokens(st: ActivationStore, samples: np.ndarray, positions: np.ndarray, prefix: int, suffix: int) -> np.ndarray:
@@ -931,12 +936,17 @@ def extract_features(
         }
         return ex.submit(gather_windows, spec, gpu=True, key=f"hvrt-sae-window-{cid}-{lo}")
 
-    slot = fi * top_k + ri  # flat (feature, rank) slot: a 1-d row index scatters ~4x faster
-    acts_rows = win_acts.reshape(-1, w)
+    import torch
+
+    slot = torch.from_numpy(fi * top_k + ri)  # flat (feature, rank) slot of every example
+    acts_rows = torch.from_numpy(win_acts).view(-1, w)
 
     def on_done2(g, fut):
         _, lo, hi = g
-        acts_rows[slot[lo:hi]] = fut.result()["acts"]
+        res = fut.result()["acts"]
+        with warnings.catch_warnings():  # results deserialised from bytes are read-only (only read here)
+            warnings.simplefilter("ignore", UserWarning)
+            acts_rows.index_copy_(0, slot[lo:hi], torch.from_numpy(res))
 
     ex.run_bounded(groups, make2, max_in_flight, on_done2)
     t3 = time.perf_counter()
@@ -961,7 +971,7 @@ def extract_features(
         "n_resumed": n_resumed,
         "workers": workers,
     }
-    write_output(
+    timings = write_output(
         out,
         topk=tk,
         stats=stats,

@@ -82,8 +82,11 @@ def write_output(
     timings_start: float,
     timings: dict,
     feature_chunk: int = 1024,
-) -> None:
-    """Write the dataset, then the completion marker (last), then consolidated metadata."""
+) -> dict:
+    """Write the dataset, then the completion marker (last), then consolidated metadata.
+
+    Returns ``timings`` with ``write_s`` and ``total_s`` added (as recorded in the attributes).
+    """
     import xarray as xr
     import zarr
 
@@ -151,6 +154,7 @@ def write_output(
         # partials/ holds numpy files (not Zarr nodes); consolidated metadata is a v3 extension
         warnings.simplefilter("ignore", UserWarning)
         zarr.consolidate_metadata(out)
+    return timings
 
 
 def _write_fresh(ds, out: str, encoding: dict) -> None:
