@@ -12,7 +12,7 @@ CPU mode (default), shapes seq_len 128, d_in 768, d_sae 16384, float32 store:
     sample) on a small subset, extrapolated per sample.
 
 Memory: two pipeline runs whose sample counts differ 10x, each on a fresh 1-worker cluster;
-peak worker RSS (``ru_maxrss``) compared.
+peak worker RSS (``VmHWM``) compared.
 
 The SAE is random with ``b_enc = -2.33`` so that about 1 % of latents fire per token
 (a realistic density; random SAEs without it fire ~50 %).
@@ -184,8 +184,24 @@ def bench_original(store: str, sae_path: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: ``VmHWM`` (the high-water mark of its own address space).
+
+    Not ``ru_maxrss``: on Linux that survives fork + exec, so a worker spawned (through its
+    nanny) from a benchmark process that held gigabytes reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker_peak_rss(client) -> float:
-    return max(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values()) / 1024  # MiB
+    return max(client.run(_peak_rss_mib).values())  # MiB
 
 
 def measure_size(tmp: str, sae: str, n: int, chunk: int, batch: int) -> dict:

@@ -144,20 +144,36 @@ def _partial_path(partials_dir: str, cid: int) -> tuple[str, str]:
     return base + ".npz", base + ".done"
 
 
-def save_partial(partials_dir: str, cid: int, partial: dict) -> None:
-    """Write a chunk partial atomically, then its done marker."""
-    fn, done = _partial_path(partials_dir, cid)
+def _node_path(partials_dir: str, level: int, idx: int) -> str:
+    return os.path.join(partials_dir, f"node-{level:02d}-{idx:07d}.npz")
+
+
+def _save_npz(fn: str, partial: dict) -> dict:
+    """Write a partial atomically; returns its handle ``{"ref": fn}``."""
     tmp = f"{fn}.tmp-{os.getpid()}-{threading.get_ident()}.npz"
     np.savez(tmp, **partial)
     os.replace(tmp, fn)
+    return {"ref": fn}
+
+
+def save_partial(partials_dir: str, cid: int, partial: dict) -> dict:
+    """Write a chunk partial atomically, then its done marker; returns its handle."""
+    fn, done = _partial_path(partials_dir, cid)
+    ref = _save_npz(fn, partial)
     with open(done, "w") as f:
         f.write(json.dumps({"chunk": cid, "worker": str(partial["workers"][0])}))
+    return ref
 
 
 def load_partial(path: str) -> dict:
     """Read a partial written by :func:`save_partial`."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def _resolve(part: dict) -> dict:
+    """A partial from a partial or a handle ``{"ref": path}``."""
+    return load_partial(part["ref"]) if "ref" in part else part
 
 
 def _read_chunk(store_path: str, cid: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -285,12 +301,30 @@ def extract_chunk(spec: dict, data: dict | None = None) -> dict:
         n_nonfinite_masked=np.int64(n_masked),
     )
     if spec.get("partials_dir"):
-        save_partial(spec["partials_dir"], cid, part)
+        # the partial lives on disk; the task's result is its handle, so a worker never holds
+        # finished chunks' partials in memory while they wait for their tree node
+        return save_partial(spec["partials_dir"], cid, part)
     return part
 
 
 def combine_partials(*parts: dict) -> dict:
-    """Exact merge of chunk partials (top-k, statistics and run metadata)."""
+    """Exact merge of partials (or handles), folded left to right.
+
+    One partial is loaded at a time, so memory holds two whatever the fan-in; float64 sums
+    are added in argument order (the tree's fixed order), top-k selection is order-free.
+    """
+    acc = _resolve(parts[0])
+    for p in parts[1:]:
+        acc = _merge_two(acc, _resolve(p))
+    return acc
+
+
+def combine_to_file(out: str, *parts: dict) -> dict:
+    """Tree-node task: :func:`combine_partials` saved to ``out``; returns its handle."""
+    return _save_npz(out, combine_partials(*parts))
+
+
+def _merge_two(*parts: dict) -> dict:
     parts = list(parts)
     out = _topk.combine([{k: p[k] for k in _topk.KEYS} for p in parts])
     out.update(_stats.combine(parts))
@@ -541,8 +575,8 @@ class _StreamingTree:
     exist, so the tree shape never depends on arrival order.
     """
 
-    def __init__(self, n: int, split_every: int, ex: _Executor):
-        self.se, self.ex = split_every, ex
+    def __init__(self, n: int, split_every: int, make_node):
+        self.se, self.make_node = split_every, make_node
         self.sizes = [n]
         while self.sizes[-1] > 1:
             self.sizes.append(-(-self.sizes[-1] // split_every))
@@ -556,11 +590,13 @@ class _StreamingTree:
         lo, hi = parent * self.se, min((parent + 1) * self.se, self.sizes[level])
         if all(i in self.slots[level] for i in range(lo, hi)):
             kids = [self.slots[level].pop(i) for i in range(lo, hi)]
-            node = kids[0] if len(kids) == 1 else self.ex.submit(combine_partials, *kids, key="hvrt-sae-combine")
+            node = kids[0] if len(kids) == 1 else self.make_node(level + 1, parent, kids)
             self.put(level + 1, parent, node)
 
     def root(self):
-        return self.slots[-1][0]
+        """The root's value (a partial or a handle)."""
+        r = self.slots[-1][0]
+        return r.result() if hasattr(r, "result") else r
 
 
 class _Progress:
@@ -859,14 +895,19 @@ def extract_features(
 
     # ---- first pass
     t1 = time.perf_counter()
-    tree = _StreamingTree(n_chunks, split_every, ex)
+    # tree nodes are tasks that read their children from partials/ and write themselves there:
+    # worker memory holds two partials at a time however many chunks wait for a node
+    tree = _StreamingTree(
+        n_chunks, split_every,
+        lambda level, idx, kids: ex.submit(combine_to_file, _node_path(partials_dir, level, idx), *kids, key="hvrt-sae-combine"),
+    )
     bar = _Progress(n_chunks, st.n_samples, st.seq_len, progress)
     todo = []
     n_resumed = 0
     for cid, a, b in bounds:
         fn, done = _partial_path(partials_dir, cid)
         if resume and os.path.exists(done) and os.path.exists(fn):
-            tree.put(0, cid, ex.submit(load_partial, fn, key="hvrt-sae-load"))
+            tree.put(0, cid, {"ref": fn})
             n_resumed += 1
             bar.update(b - a, resumed=True)
         else:
@@ -891,7 +932,10 @@ def extract_features(
             raise RuntimeError(f"injected failure after {finished[0]} chunks")
 
     ex.run_bounded(todo, make, max_in_flight, on_done)
-    final = tree.root().result()
+    final = _resolve(tree.root())
+    for name in os.listdir(partials_dir):  # tree nodes are intermediate (chunk partials stay)
+        if name.startswith("node-"):
+            os.remove(os.path.join(partials_dir, name))
     t2 = time.perf_counter()
 
     # ---- second pass: context windows of the top examples

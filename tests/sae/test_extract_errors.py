@@ -174,6 +174,13 @@ def test_corrupt_chunk_named(env):
     assert not is_complete(env / "out")
 
 
+def test_corrupt_tokens_chunk_named(env):
+    (env / "store" / "tokens" / "c" / "1" / "0").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ChunkReadError, match=r"chunk 1 \(samples 8\.\.15\)"):
+        run(env, max_in_flight=1)
+    assert not is_complete(env / "out")
+
+
 def test_output_overlapping_inputs_refused(env):
     for out in (env / "store", env / "store" / "sub", env / "sae"):
         with pytest.raises(ValueError, match="overlaps"):

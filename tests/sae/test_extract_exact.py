@@ -265,3 +265,24 @@ def test_window_pass_other_architectures(data, tmp_path, monkeypatch, arch, tile
     z[~data["mask"]] = 0
     r = extract_features(data["store"], tmp_path / "sae", tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF, progress=False)
     check_against_reference(open_output(r.path).load(), {**data, "z": z, "ref": sequential_reference(z, data["mask"], K)})
+
+
+def test_window_tokens_against_a_loop(tmp_path):
+    """The driver's token windows: clipped at the sequence edges with -1, -1 for empty
+    slots, reading only the chunks that hold examples (chunk 2 here is unreadable)."""
+    from hvrt_dask.sae.extract import window_tokens
+    from hvrt_dask.sae.store import open_store
+
+    _, tokens, _ = make_store(tmp_path / "store", n=40, seq=8, chunk=8)
+    (tmp_path / "store" / "tokens" / "c" / "2" / "0").write_bytes(b"never read")
+    rng = np.random.default_rng(0)
+    samples = rng.choice([0, 3, 7, 9, 14, 33, 39], size=(5, 4))
+    samples[1, 2:] = -1
+    positions = np.where(samples >= 0, rng.integers(0, 8, size=samples.shape), -1)
+    got = window_tokens(open_store(tmp_path / "store"), samples, positions, 3, 2)
+    assert got.shape == (5, 4, 6)
+    for f in range(5):
+        for r in range(4):
+            s, p = samples[f, r], positions[f, r]
+            want = [-1] * 6 if s < 0 else [int(tokens[s, q]) if 0 <= q < 8 else -1 for q in range(p - 3, p + 3)]
+            assert got[f, r].tolist() == want
