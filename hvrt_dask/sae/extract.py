@@ -28,6 +28,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,17 +177,24 @@ def _resolve(part: dict) -> dict:
     return load_partial(part["ref"]) if "ref" in part else part
 
 
-def _read_chunk(store_path: str, cid: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@contextmanager
+def _reading(store_path: str, cid: int, start: int, stop: int, what: str = ""):
+    """Turn any read failure inside the block into a :class:`ChunkReadError` naming the chunk."""
     try:
+        yield
+    except Exception as exc:
+        raise ChunkReadError(
+            f"{what}chunk {cid} (samples {start}..{stop - 1}) of activation store {store_path!r} could not be read: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _read_chunk(store_path: str, cid: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with _reading(store_path, cid, start, stop):
         st = open_store(store_path, require_complete=False)
         acts = st.activations[start:stop]
         mask = np.asarray(st.mask[start:stop], dtype=bool)
         tokens = np.asarray(st.tokens[start:stop])
-    except Exception as exc:
-        raise ChunkReadError(
-            f"chunk {cid} (samples {start}..{stop - 1}) of activation store {store_path!r} could not be read: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
     return acts, mask, tokens
 
 
@@ -460,13 +468,8 @@ def window_tokens(st: ActivationStore, samples: np.ndarray, positions: np.ndarra
             continue
         a = int(uniq[lo]) // cs * cs
         b = min(a + cs, st.n_samples)
-        try:
+        with _reading(st.path, a // cs, a, b, "tokens of "):
             block = np.asarray(st.tokens[a:b])
-        except Exception as exc:
-            raise ChunkReadError(
-                f"tokens of chunk {a // cs} (samples {a}..{b - 1}) of activation store {st.path!r} could not be read: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
         rows[lo:hi] = block[uniq[lo:hi] - a]
     out[live] = _windows(rows, inv, positions[live], prefix, suffix, -1)
     return out
