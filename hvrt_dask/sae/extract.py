@@ -189,13 +189,13 @@ def _reading(store_path: str, cid: int, start: int, stop: int, what: str = ""):
         ) from exc
 
 
-def _read_chunk(store_path: str, cid: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_chunk(store_path: str, cid: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Activations and validity mask of samples ``start..stop`` (token ids: :func:`window_tokens`)."""
     with _reading(store_path, cid, start, stop):
         st = open_store(store_path, require_complete=False)
         acts = st.activations[start:stop]
         mask = np.asarray(st.mask[start:stop], dtype=bool)
-        tokens = np.asarray(st.tokens[start:stop])
-    return acts, mask, tokens
+    return acts, mask
 
 
 def _check_finite(acts: np.ndarray, mask: np.ndarray, start: int, cid: int, mode: str) -> tuple[np.ndarray, int]:
@@ -221,7 +221,7 @@ def read_chunk(spec: dict) -> dict:
     """
     t0 = time.perf_counter()
     cid, start, stop = spec["chunk"], spec["start"], spec["stop"]
-    acts, mask, _ = _read_chunk(spec["store"], cid, start, stop)
+    acts, mask = _read_chunk(spec["store"], cid, start, stop)
     mask, n_masked = _check_finite(acts, mask, start, cid, spec["nonfinite"])
     return {"acts": acts, "mask": mask, "n_masked": n_masked, "read_s": time.perf_counter() - t0}
 
@@ -375,7 +375,7 @@ def gather_windows(spec: dict) -> dict:
         return {"acts": np.full((0, w), np.nan, np.float32)}
     enc = get_encoder(spec["sae_path"], spec["sae_hash"], spec["device"])
     lo, hi = int(samples.min()), int(samples.max()) + 1  # only the samples holding examples
-    acts, mask, _ = _read_chunk(spec["store"], cid, max(lo, start), min(hi, stop))
+    acts, mask = _read_chunk(spec["store"], cid, max(lo, start), min(hi, stop))
     s_loc = samples - lo
     n, t, d = acts.shape
     plan = _window_plan(s_loc, pos, t, prefix, suffix, enc)
