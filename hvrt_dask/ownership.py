@@ -68,6 +68,12 @@ def resolve(path: str | os.PathLike) -> str:
     return os.path.realpath(os.path.expandvars(os.path.expanduser(os.fspath(path))))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _owner_path(path: str) -> str:
     if os.path.isdir(path):
         return os.path.join(path, OWNER_FILE)
@@ -310,6 +316,7 @@ def atomic_file(path: str | os.PathLike, kind: str, mode: str = "w", *,
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(o)}.", suffix=".partial", dir=d)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an export gets the usual mode
     try:
         with open(tmp, mode, **open_kw) as f:
             yield f

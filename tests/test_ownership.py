@@ -107,3 +107,12 @@ def test_atomic_file_failure_leaves_nothing(tmp_path):
     with own.atomic_file(p, "export") as f:  # ours: replaced
         f.write("second\n")
     assert p.read_text() == "second\n"
+
+
+def test_atomic_file_gets_the_usual_mode(tmp_path):
+    p = tmp_path / "x.html"
+    with own.atomic_file(p, "export") as f:
+        f.write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (p.stat().st_mode & 0o777) == 0o666 & ~mask
