@@ -69,7 +69,15 @@ def resolve(path: str | os.PathLike) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    # /proc avoids os.umask's set-and-restore, which races with other threads creating files
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
