@@ -1,7 +1,9 @@
 """The ``hvrt-dask`` command (also ``python -m pipelines``).
 
-Exit codes: 0 success (or already complete), 1 failure, 2 bad config / usage,
-3 already running (another live process holds the run directory's lock).
+Exit codes: 0 success (or already complete), 1 failure, 2 bad config / usage (also an
+output that would touch data hvrt_dask did not write), 3 already running (another live
+process holds the run directory's or an output's lock), 128 + signal number when
+interrupted by SIGINT/SIGTERM (130/143).
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ def _config_options(f):
                      help="Connect to the scheduler of this scheduler file.")(f)
     f = click.option("--address", default=None, help="Connect to an existing scheduler (tcp://host:port).")(f)
     f = click.option("--cluster", "cluster", default=None,
-                     help="Cluster profile: a name under configs/cluster/ (local, address, slurm, gpu) or a YAML path.")(f)
+                     help="Cluster profile: a name under configs/cluster/ (local, threads, address, slurm, gpu) or a YAML path.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-                     help="Override a config value, e.g. --set extract.top_k=50 (repeatable).")(f)
+                     help="Override a config value, parsed as YAML 1.2, e.g. --set extract.top_k=50 (repeatable).")(f)
     return f
 
 
 def _run_options(f):
-    f = click.option("--force", is_flag=True, help="Redo finished stages, overwriting their outputs.")(f)
+    f = click.option("--force", is_flag=True,
+                     help="Redo finished stages; their outputs start over (only outputs hvrt_dask wrote are ever cleared).")(f)
     f = click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue an interrupted run from the engines' done-markers.")(f)
     return f
@@ -113,8 +116,13 @@ def run_cmd(config, stages, overrides, cluster, address, scheduler_file, resume,
 @_config_options
 @_config_errors
 def validate_cmd(config, overrides, cluster, address, scheduler_file):
-    """Check a config (unknown keys, types, required values); exit 2 when invalid."""
+    """Check a config with the engines' own rules and check its outputs; exit 2 when invalid."""
+    from pipelines.outputs import check_run_outputs
+    from pipelines.validate import validate_config
+
     cfg = _load(config, overrides, cluster, address, scheduler_file)
+    validate_config(cfg)
+    check_run_outputs(cfg, cfg.stages)
     _echo(f"{config}: OK (stages: {', '.join(cfg.stages) or 'none'}; cluster: {cfg.cluster.profile}; run dir: {cfg.run.dir})")
 
 
@@ -137,8 +145,10 @@ def show_config_cmd(config, overrides, cluster, address, scheduler_file):
 def slurm_script_cmd(config, runner, scheduler_address, overrides, cluster, address, scheduler_file):
     """Print the SLURM job script of the config's cluster profile."""
     from pipelines.clusters import render_runner_script, render_slurm_script
+    from pipelines.validate import check_cluster
 
     cfg = _load(config, overrides, cluster, address, scheduler_file)
+    check_cluster(cfg)
     if runner:
         click.echo(render_runner_script(cfg.cluster, config, [f"--set={o}" for o in overrides]), nl=False)
     else:
