@@ -84,7 +84,7 @@ def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
         clip=section.clip,
         output=built,
     )
-    shape = summarize(result).get("shape")
+    shape = [int(v) for v in result.shape]
     steps.close()
     outputs.finish_staged(built, out, outputs.KINDS["expand"], ctx.run_id)
     return {"out": out, "shape": shape, "n_partitions": summarize(getattr(est, "n_partitions_", None)),
@@ -118,7 +118,7 @@ def run_reduce(section: Any, ctx: StageContext) -> dict[str, Any]:
         idx = da.asarray(idx) if not isinstance(idx, np.ndarray) else idx
         da.to_zarr(da.asarray(idx).astype("int64"), os.path.join(built, "indices"), compute=True)
         result = data
-    shape = summarize(result).get("shape")
+    shape = [int(v) for v in result.shape]
     steps.close()
     outputs.finish_staged(built, out, outputs.KINDS["reduce"], ctx.run_id)
     extra = " (+ indices)" if section.return_indices else ""

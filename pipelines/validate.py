@@ -138,8 +138,6 @@ def check_capture(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
                                 f" {model_packages()}); give a model directory")
     elif not os.path.isdir(md):
         k.fail("model_dir", f"the model directory {md!r} does not exist")
-    elif os.path.realpath(md) in {os.path.realpath(p) for p in (sec.out,)}:
-        k.fail("model_dir", "the model directory is the capture output")
     for src in sec.source if isinstance(sec.source, list) else [sec.source]:
         if src not in BUNDLED and not os.path.exists(src):
             k.fail("source", f"text source {src!r} does not exist (a file, a directory or one of {BUNDLED})")

@@ -14,7 +14,7 @@ import dask
 import numpy as np
 import pytest
 
-from pipelines.runs import StageContext
+from pipelines.context import StageContext
 from pipelines.schema import build_section
 from pipelines.stages import run_stage
 
@@ -52,11 +52,15 @@ def _table(path, n=4000, d=6, seed=0, chunk=500):
 
 
 def _run(stage, raw, tmp_path, client, name):
+    raw = {**raw, "out": str(tmp_path / name / OUT[stage])}
     sec = build_section(stage, raw, "<test>")
     ctx = StageContext(run_dir=str(tmp_path / name), seed=9, client=client, resume=True, overwrite=False,
                        echo=lambda m: None)
     os.makedirs(ctx.run_dir, exist_ok=True)
     return run_stage(stage, sec, ctx)
+
+
+OUT = {"expand": "expanded.zarr", "reduce": "reduced.zarr", "extract": "features"}
 
 
 def _with_killed_worker(lc, client, after, fn):
@@ -92,7 +96,7 @@ def test_worker_killed_mid_extraction(tmp_path, own_cluster):
     store = make_store(tmp_path / "acts.zarr", n=96, chunk=4)
     sae = make_sae(tmp_path / "sae")
     raw = {"store": store, "sae": sae, "top_k": 5, "prefix": 2, "suffix": 2, "max_in_flight": 2,
-           "split_every": 4, "progress": False}
+           "split_every": 4}
     ref = _run("extract", raw, tmp_path, client, "undisturbed")
     got = _with_killed_worker(lc, client, 6, lambda: _run("extract", raw, tmp_path, client, "killed"))
     a, b = read_arrays(ref["out"]), read_arrays(got["out"])
