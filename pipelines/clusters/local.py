@@ -42,17 +42,17 @@ def local_cluster_kwargs(p: ClusterSection) -> dict[str, Any]:
         threads = p.threads_per_worker or 1
         n_workers = p.n_workers or max(1, cores // threads)
     memory_limit = p.memory_limit if p.memory_limit is not None else int(0.8 * mem / n_workers)
-    kw = dict(
+    return dict(
         n_workers=n_workers,
         threads_per_worker=threads,
         processes=not threads_only,
+        # tcp also for thread workers: the scheduler, and so the dashboard link, bind on host
+        protocol="tcp://",
+        host=p.host,
         dashboard_address=dashboard_address(p),
         memory_limit=memory_limit,
         resources=p.resources,
     )
-    if not threads_only:  # thread workers talk in-process (inproc://); only the dashboard binds
-        kw["host"] = p.host
-    return kw
 
 
 @contextlib.contextmanager

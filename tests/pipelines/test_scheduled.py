@@ -45,6 +45,7 @@ def test_cron_example_twice_with_a_changed_input(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     out = tmp_path / "runs" / "nightly" / "reduced.zarr"
     assert "[reduce] output: runs/nightly/reduced.zarr" in res.output
+    assert "Dask dashboard: http://127.0.0.1:" in res.output  # bound (and linked) where the scheduler is
     g = zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(g["data"][:], df1.to_numpy()[g["indices"][:]])  # indices saved with the rows
     assert CliRunner().invoke(cli, night).output.count("already complete") == 1  # same input: nothing to do
