@@ -180,22 +180,26 @@ def config_group() -> None:
 @config_group.command("init")
 @click.option("--path", default=None, type=click.Path(),
               help="Where to write (default: ~/.config/dask/hvrt.yaml, or $DASK_CONFIG/hvrt.yaml).")
-@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--force", is_flag=True, help="Replace an existing file that this command wrote.")
 def config_init(path, force):
     """Write the package defaults to a user dask config file to edit."""
     import dask.config
 
     from hvrt_dask import config as hconfig
+    from hvrt_dask import ownership
 
     if path is None:
         path = os.path.join(dask.config.PATH, "hvrt.yaml")
     if os.path.exists(path) and not force:
         click.echo(f"error: {path} exists (use --force to replace it)", err=True)
         sys.exit(runs.EXIT_FAILED)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(hconfig._FN) as src, open(path, "w") as dst:
-        dst.write("# hvrt_dask defaults; edit and keep. DASK_HVRT__SECTION__KEY=... overrides these.\n")
-        dst.write(src.read())
+    try:  # --force replaces only a file this command wrote (never a user's own config)
+        with open(hconfig._FN) as src, ownership.atomic_file(path, "pipelines.dask-config") as dst:
+            dst.write("# hvrt_dask defaults; edit and keep. DASK_HVRT__SECTION__KEY=... overrides these.\n")
+            dst.write(src.read())
+    except ownership.OwnershipError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(runs.EXIT_FAILED)
     click.echo(f"wrote {path}")
 
 

@@ -81,6 +81,12 @@ def test_config_init(tmp_path):
     assert data["hvrt"]["extract"]["top-k"] == 100
     res = CliRunner().invoke(cli, ["config", "init", "--path", str(target)])
     assert res.exit_code == 1 and "exists" in res.output
+    assert CliRunner().invoke(cli, ["config", "init", "--path", str(target), "--force"]).exit_code == 0  # ours
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("hvrt: {extract: {top-k: 7}}\n")  # a user's own file: --force does not replace it
+    res = CliRunner().invoke(cli, ["config", "init", "--path", str(mine), "--force"])
+    assert res.exit_code == 1 and "not written by hvrt_dask" in res.output
+    assert mine.read_text() == "hvrt: {extract: {top-k: 7}}\n"
 
 
 def test_expand_end_to_end_matches_library(tmp_path):

@@ -137,3 +137,37 @@ def test_staged_hvrt_output_replaced_only_when_ours(world, tmp_path, client):
     assert runs.execute(cfg, client=client, force=True, echo=lambda m: None) == 0
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], first)  # same seed, same rows
     assert not any(p.name.endswith("staging") for p in (tmp_path / "run").iterdir())
+
+
+def test_recaptured_store_is_recomputed_not_already_complete(tmp_path, client):
+    """The input store is re-captured after a finished run: the next run recomputes from it."""
+    import zarr
+
+    from hvrt_dask.sae.extract import extract_features
+
+    from _faults_helpers import assert_same_arrays, read_arrays
+
+    store = make_store(tmp_path / "acts.zarr", n=16, chunk=4, seed=0)
+    sae = make_sae(tmp_path / "sae")
+    params = {"top_k": 3, "prefix": 1, "suffix": 1}
+    cfg = from_dict({"run": {"dir": str(tmp_path / "run"), "performance_report": False},
+                     "extract": {"store": store, "sae": sae, **params}}, "<c>")
+    assert runs.execute(cfg, client=client, echo=lambda m: None) == 0
+    g = zarr.open_group(store, mode="r+")
+    g["activations"][:] = -g["activations"][:]  # the store now holds other activations
+    lines = []
+    assert runs.execute(cfg, client=client, echo=lines.append) == 0
+    assert not any("already" in m for m in lines), lines
+    extract_features(store, sae, str(tmp_path / "ref"), progress=False, **params)
+    assert_same_arrays(read_arrays(tmp_path / "ref"), read_arrays(tmp_path / "run" / "features"))
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["stages"]["extract"]["overwrite"] is True and len(info["history"]) == 1
+
+
+def test_unwritable_run_directory_is_a_message(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    cfg = from_dict({"run": {"dir": str(tmp_path / "a-file" / "run")},
+                     "expand": {"data": "sklearn:load_wine", "n": 5}}, "<c>")
+    lines = []
+    assert runs.execute(cfg, echo=lines.append) == runs.EXIT_FAILED
+    assert "cannot create the run directory" in lines[-1] and "a-file" in lines[-1]
