@@ -171,3 +171,23 @@ def test_unwritable_run_directory_is_a_message(tmp_path):
     lines = []
     assert runs.execute(cfg, echo=lines.append) == runs.EXIT_FAILED
     assert "cannot create the run directory" in lines[-1] and "a-file" in lines[-1]
+
+
+def test_exports_are_owned_files_next_to_the_extraction(tmp_path, client):
+    """extract → html → jsonl in one run: exports land in the run directory with sidecar markers."""
+    store = make_store(tmp_path / "acts.zarr", n=8, chunk=4)
+    sae = make_sae(tmp_path / "sae")
+    cfg = from_dict({"run": {"dir": str(tmp_path / "run"), "performance_report": False},
+                     "extract": {"store": store, "sae": sae, "top_k": 2, "prefix": 1, "suffix": 1},
+                     "html": {"path": "features.html", "features": 3},
+                     "jsonl": {"path": "features.jsonl"}}, "<c>")
+    lines = []
+    assert runs.execute(cfg, client=client, echo=lines.append) == 0, lines
+    html, jl = tmp_path / "run" / "features.html", tmp_path / "run" / "features.jsonl"
+    assert "<html" in html.read_text().lower()
+    records = [json.loads(line) for line in jl.read_text().splitlines()]
+    assert len(records) == 24  # d_sae of the test SAE
+    assert ownership.owned_by(html, "sae.html") and ownership.owned_by(jl, "sae.jsonl")
+    assert f"[jsonl] output: {jl}" in lines
+    assert runs.execute(cfg, client=client, force=True, echo=lambda m: None) == 0  # ours: replaced
+    assert [json.loads(line) for line in jl.read_text().splitlines()] == records
