@@ -1,7 +1,9 @@
 """The ``hvrt-dask`` command (also ``python -m pipelines``).
 
-Exit codes: 0 success (or already complete), 1 failure, 2 bad config / usage,
-3 already running (another live process holds the run directory's lock).
+Exit codes: 0 success (or already complete), 1 failure, 2 bad config / usage (also an
+output that would touch data hvrt_dask did not write), 3 already running (another live
+process holds the run directory's or an output's lock), 128 + signal number when
+interrupted by SIGINT/SIGTERM (130/143).
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ def _config_options(f):
                      help="Connect to the scheduler of this scheduler file.")(f)
     f = click.option("--address", default=None, help="Connect to an existing scheduler (tcp://host:port).")(f)
     f = click.option("--cluster", "cluster", default=None,
-                     help="Cluster profile: a name under configs/cluster/ (local, address, slurm, gpu) or a YAML path.")(f)
+                     help="Cluster profile: a name under configs/cluster/ (local, threads, address, slurm, gpu) or a YAML path.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-                     help="Override a config value, e.g. --set extract.top_k=50 (repeatable).")(f)
+                     help="Override a config value, parsed as YAML 1.2, e.g. --set extract.top_k=50 (repeatable).")(f)
     return f
 
 
 def _run_options(f):
-    f = click.option("--force", is_flag=True, help="Redo finished stages, overwriting their outputs.")(f)
+    f = click.option("--force", is_flag=True,
+                     help="Redo finished stages; their outputs start over (only outputs hvrt_dask wrote are ever cleared).")(f)
     f = click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue an interrupted run from the engines' done-markers.")(f)
     return f
@@ -113,8 +116,13 @@ def run_cmd(config, stages, overrides, cluster, address, scheduler_file, resume,
 @_config_options
 @_config_errors
 def validate_cmd(config, overrides, cluster, address, scheduler_file):
-    """Check a config (unknown keys, types, required values); exit 2 when invalid."""
+    """Check a config with the engines' own rules and check its outputs; exit 2 when invalid."""
+    from pipelines.outputs import check_run_outputs
+    from pipelines.validate import validate_config
+
     cfg = _load(config, overrides, cluster, address, scheduler_file)
+    validate_config(cfg)
+    check_run_outputs(cfg, cfg.stages)
     _echo(f"{config}: OK (stages: {', '.join(cfg.stages) or 'none'}; cluster: {cfg.cluster.profile}; run dir: {cfg.run.dir})")
 
 
@@ -137,8 +145,10 @@ def show_config_cmd(config, overrides, cluster, address, scheduler_file):
 def slurm_script_cmd(config, runner, scheduler_address, overrides, cluster, address, scheduler_file):
     """Print the SLURM job script of the config's cluster profile."""
     from pipelines.clusters import render_runner_script, render_slurm_script
+    from pipelines.validate import check_cluster
 
     cfg = _load(config, overrides, cluster, address, scheduler_file)
+    check_cluster(cfg)
     if runner:
         click.echo(render_runner_script(cfg.cluster, config, [f"--set={o}" for o in overrides]), nl=False)
     else:
@@ -170,22 +180,26 @@ def config_group() -> None:
 @config_group.command("init")
 @click.option("--path", default=None, type=click.Path(),
               help="Where to write (default: ~/.config/dask/hvrt.yaml, or $DASK_CONFIG/hvrt.yaml).")
-@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--force", is_flag=True, help="Replace an existing file that this command wrote.")
 def config_init(path, force):
     """Write the package defaults to a user dask config file to edit."""
     import dask.config
 
     from hvrt_dask import config as hconfig
+    from hvrt_dask import ownership
 
     if path is None:
         path = os.path.join(dask.config.PATH, "hvrt.yaml")
     if os.path.exists(path) and not force:
         click.echo(f"error: {path} exists (use --force to replace it)", err=True)
         sys.exit(runs.EXIT_FAILED)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(hconfig._FN) as src, open(path, "w") as dst:
-        dst.write("# hvrt_dask defaults; edit and keep. DASK_HVRT__SECTION__KEY=... overrides these.\n")
-        dst.write(src.read())
+    try:  # --force replaces only a file this command wrote (never a user's own config)
+        with open(hconfig._FN) as src, ownership.atomic_file(path, "pipelines.dask-config") as dst:
+            dst.write("# hvrt_dask defaults; edit and keep. DASK_HVRT__SECTION__KEY=... overrides these.\n")
+            dst.write(src.read())
+    except ownership.OwnershipError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(runs.EXIT_FAILED)
     click.echo(f"wrote {path}")
 
 

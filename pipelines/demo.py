@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hvrt_dask import _seeding
+from hvrt_dask import _seeding, ownership
 from pipelines import runs
 from pipelines.schema import from_dict
 
@@ -72,7 +72,8 @@ def plot_fidelity(real: np.ndarray, synth: np.ndarray, columns: list[str], path:
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("HVRT expand: real vs synthetic", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with ownership.atomic_file(path, "pipelines.demo-plot", "wb") as f:  # replaces only our own plot
+        fig.savefig(f, dpi=80, format="png")
     plt.close(fig)
     return path
 
@@ -97,7 +98,7 @@ def run_demo(
         raise ValueError(f"--dataset must be one of the bundled scikit-learn datasets {BUNDLED}, got {dataset!r}")
     from hvrt_dask import config as hconfig
 
-    seed = int(hconfig.get("seed-default", 42)) if seed is None else int(seed)
+    seed = int(hconfig.get("seed-default")) if seed is None else int(seed)
     X = getattr(sklearn.datasets, dataset)(as_frame=True).data
     real = X.to_numpy(dtype=np.float64)
     n_expand = int(n_expand or 4 * len(X))
@@ -141,7 +142,7 @@ def run_demo(
         echo(metrics.fidelity_table(reduce_reports).to_string())
     png = plot_fidelity(real, synth, list(X.columns), os.path.join(out, "expand_fidelity.png"))
     reports = {"dataset": dataset, "seed": seed, "expand": expand_report, "reduce": reduce_reports}
-    with open(os.path.join(out, "fidelity.json"), "w") as f:
+    with ownership.atomic_file(os.path.join(out, "fidelity.json"), "pipelines.demo-report") as f:
         json.dump(reports, f, indent=2, default=float)
     info = runs.read_run_json(out) or {}
     echo(f"\nwrote {png}")

@@ -40,7 +40,7 @@ ENGINE_FUNCTIONS = {
     "extract": ("hvrt_dask.sae.extract", "extract_features"),
 }
 # Parameters the runner supplies itself; a config may not set them.
-RUNNER_PARAMS = ("client",)
+RUNNER_PARAMS = ("client", "resume", "overwrite", "progress")
 
 
 class ConfigError(ValueError):
@@ -50,6 +50,11 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------- sections
+
+
+def _default(key: str) -> Any:
+    """A dataclass field defaulting to the package default ``hvrt.<key>`` (the library's own)."""
+    return field(default_factory=lambda: hconfig.get(key))
 
 
 @dataclass
@@ -70,17 +75,21 @@ class RunSection:
     """
 
     dir: str | None = None
-    seed: int = field(default_factory=lambda: int(hconfig.get("seed-default", 42)))
+    seed: int = _default("seed-default")
     stages: list[str] | None = None
     performance_report: bool = True
 
 
 @dataclass
 class ClusterSection:
-    """A cluster profile (see :mod:`pipelines.clusters`)."""
+    """A cluster profile (see :mod:`pipelines.clusters`).
 
-    profile: Literal["local", "address", "scheduler-file", "slurm", "slurm-runner", "gpu"] = "local"
-    # local / gpu
+    SLURM values left unset (null) come from the site's dask-jobqueue configuration
+    (``jobqueue.yaml``); only values a config sets override it.
+    """
+
+    profile: Literal["local", "threads", "address", "scheduler-file", "slurm", "slurm-runner", "gpu"] = "local"
+    # local / threads / gpu
     n_workers: int | None = None
     threads_per_worker: int | None = None
     memory_limit: str | int | None = None
@@ -93,17 +102,17 @@ class ClusterSection:
     # existing scheduler
     address: str | None = None
     scheduler_file: str | None = None
-    # SLURM (dask-jobqueue names)
-    cores: int = 4
-    memory: str = "16GB"
-    job_processes: int = 1
-    walltime: str = "01:00:00"
+    # SLURM (dask-jobqueue names; null = the site's jobqueue.yaml)
+    cores: int | None = None
+    memory: str | None = None
+    job_processes: int | None = None
+    walltime: str | None = None
     queue: str | None = None
     account: str | None = None
-    job_name: str = "hvrt-dask"
-    job_extra_directives: list[str] = field(default_factory=list)
-    job_script_prologue: list[str] = field(default_factory=list)
-    worker_extra_args: list[str] = field(default_factory=list)
+    job_name: str | None = None
+    job_extra_directives: list[str] | None = None
+    job_script_prologue: list[str] | None = None
+    worker_extra_args: list[str] | None = None
     local_directory: str | None = None
     log_directory: str | None = None
     python: str | None = None
@@ -114,7 +123,7 @@ class ClusterSection:
 
 @dataclass
 class ExpandSection:
-    """``HVRT(**model).fit(data).expand(n, ...)`` written to ``out``."""
+    """``HVRT(**model).fit(data).expand(n, ...)`` written to ``out`` (relative to ``run.dir``)."""
 
     data: str
     n: int
@@ -131,7 +140,11 @@ class ExpandSection:
 
 @dataclass
 class ReduceSection:
-    """``HVRT(**model).fit(data).reduce(n | ratio, ...)`` written to ``out``."""
+    """``HVRT(**model).fit(data).reduce(n | ratio, ...)`` written to ``out`` (relative to ``run.dir``).
+
+    With ``return_indices`` the output is a Zarr group holding ``data`` (the selected rows)
+    and ``indices`` (their row numbers in ``data``).
+    """
 
     data: str
     n: int | None = None
@@ -139,15 +152,19 @@ class ReduceSection:
     out: str | None = None
     feature_types: list[str] | None = None
     model: dict[str, Any] = field(default_factory=dict)
-    method: str = "fps"
-    variance_weighted: bool | str = True
+    method: str = _default("reduce.method")
+    variance_weighted: bool | str = _default("reduce.variance-weighted")
     return_indices: bool = False
     persist_input: bool = False
 
 
 @dataclass
 class CaptureSection:
-    """Parameters of ``hvrt_dask.sae.capture.capture_activations``."""
+    """Parameters of ``hvrt_dask.sae.capture.capture_activations``.
+
+    ``model_dir`` is a model directory, or ``package:<name>`` for a package named in
+    ``pipelines.model-packages``.
+    """
 
     source: str | list[str]
     model_dir: str
@@ -158,16 +175,14 @@ class CaptureSection:
     stride: int | None = None
     max_samples: int | None = None
     dtype: str | None = None
-    resume: bool | None = None
-    overwrite: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainSAESection:
-    """Parameters of ``hvrt_dask.sae.train.train_sae``."""
+    """Parameters of ``hvrt_dask.sae.train.train_sae`` (``store`` defaults to the capture output)."""
 
-    store: str
+    store: str | None = None
     out_dir: str | None = None
     d_sae: int | None = None
     architecture: str | None = None
@@ -177,19 +192,20 @@ class TrainSAESection:
 
 @dataclass
 class ExtractSection:
-    """Parameters of ``hvrt_dask.sae.extract.extract_features`` (defaults from ``hvrt.extract``)."""
+    """Parameters of ``hvrt_dask.sae.extract.extract_features`` (defaults from ``hvrt.extract``).
 
-    store: str
-    sae: str
+    ``store`` / ``sae`` default to the capture / train_sae outputs of the same config.
+    """
+
+    store: str | None = None
+    sae: str | None = None
     out: str | None = None
-    top_k: int = field(default_factory=lambda: int(hconfig.get("extract.top-k", 100)))
-    prefix: int = field(default_factory=lambda: int(hconfig.get("extract.prefix", 25)))
-    suffix: int = field(default_factory=lambda: int(hconfig.get("extract.suffix", 25)))
-    batch_size: int | str = field(default_factory=lambda: hconfig.get("extract.batch-size", "auto"))
-    split_every: int = field(default_factory=lambda: int(hconfig.get("extract.split-every", 8)))
-    max_in_flight: int = field(default_factory=lambda: int(hconfig.get("extract.max-in-flight", 4)))
-    resume: bool | None = None
-    overwrite: bool | None = None
+    top_k: int = _default("extract.top-k")
+    prefix: int = _default("extract.prefix")
+    suffix: int = _default("extract.suffix")
+    batch_size: int | str = _default("extract.batch-size")
+    split_every: int = _default("extract.split-every")
+    max_in_flight: int = _default("extract.max-in-flight")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -197,8 +213,8 @@ class ExtractSection:
 class HtmlSection:
     """``hvrt_dask.sae.export.export_html(out, path, features, max_examples)``.
 
-    ``out`` (the extraction output) defaults to the ``extract`` section's output; ``features``
-    is a count (the first N features) or a list of feature ids.
+    ``out`` (the extraction output) defaults to the ``extract`` section's output; ``path`` is
+    relative to ``run.dir``; ``features`` is a count (the first N features) or a list of ids.
     """
 
     path: str
@@ -329,6 +345,27 @@ def _engine_params(stage: str) -> set[str] | None:
     return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+# Keys holding file system paths: "~" and environment variables expand in them.
+PATH_KEYS = {
+    "run": ("dir",),
+    "cluster": ("scheduler_file", "local_directory", "log_directory", "python"),
+    "expand": ("data", "out"),
+    "reduce": ("data", "out"),
+    "capture": ("model_dir", "out", "tokenizer_dir"),
+    "train_sae": ("store", "out_dir"),
+    "extract": ("store", "sae", "out"),
+    "html": ("path", "out"),
+    "jsonl": ("path", "out"),
+}
+
+
+def expand_path(value: Any) -> Any:
+    """``~`` and ``$VAR`` / ``${VAR}`` expanded in a path string (other values unchanged)."""
+    if isinstance(value, str):
+        return os.path.expandvars(os.path.expanduser(value))
+    return value
+
+
 def build_section(name: str, raw: Any, source: str) -> Any:
     """Validate one section mapping into its dataclass (errors name ``source`` and the key)."""
     cls = SECTIONS[name]
@@ -345,7 +382,10 @@ def build_section(name: str, raw: Any, source: str) -> Any:
     for key, value in raw.items():
         if not isinstance(key, str):
             raise ConfigError(f"{source}: {name}: keys must be strings, got {key!r}")
+        value = expand_path(value) if key.replace("-", "_") in PATH_KEYS.get(name, ()) else value
         k = key.replace("-", "_")
+        if k.startswith("_"):
+            raise ConfigError(f"{source}: {name}.{key}: private parameters cannot be set from a config")
         if k in RUNNER_PARAMS:
             raise ConfigError(f"{source}: {name}.{key}: set by the runner, not by the config")
         if k in fields and k != "extra":
@@ -396,8 +436,49 @@ def _check_section(name: str, sec: Any, source: str) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars.
+
+    No octal (``010`` is 10), no sexagesimal numbers, no timestamps (``2024-01-01`` stays a
+    string) and only ``true``/``false`` are booleans (``yes``/``on`` stay strings).
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v
+        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                       "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _rx, _first in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("tag:yaml.org,2002:float",
+     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+     "-+.0123456789"),
+):
+    _Yaml12Loader.add_implicit_resolver(_tag, __import__("re").compile(_rx), list(_first))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def yaml_load(text: Any) -> Any:
+    """Parse YAML text (or a stream) with YAML 1.2 core-schema scalars."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse ``section.key=value`` (value as YAML: ``50`` → int, ``true`` → bool, ``[1, 2]`` → list)."""
+    """Parse ``section.key=value`` (value as YAML 1.2: ``50`` → int, ``010`` → 10, ``2024-01-01`` → str)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
     key, _, value = item.partition("=")
@@ -405,7 +486,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml_load(value) if value.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
     return path, parsed
@@ -437,9 +518,11 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file does not exist")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml_load(f)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -447,8 +530,52 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
+# Output of each stage: the section attribute and its default name inside the run directory.
+OUTPUTS = {
+    "expand": ("out", "expanded.zarr"),
+    "reduce": ("out", "reduced.zarr"),
+    "capture": ("out", "activations.zarr"),
+    "train_sae": ("out_dir", "sae"),
+    "extract": ("out", "features"),
+    "html": ("path", "features.html"),
+    "jsonl": ("path", "features.jsonl"),
+}
+# Inputs that default to an upstream stage's output in the same config: (attr, stage).
+UPSTREAM = {
+    "train_sae": (("store", "capture"),),
+    "extract": (("store", "capture"), ("sae", "train_sae")),
+    "html": (("out", "extract"),),
+    "jsonl": (("out", "extract"),),
+}
+
+
+def resolve_paths(cfg: PipelineConfig) -> None:
+    """Outputs relative to ``run.dir`` (absolute ones kept); unset inputs from upstream stages.
+
+    Errors name the source and the key of a required input no stage provides.
+    """
+    assert cfg.run.dir is not None
+    for stage, (attr, default) in OUTPUTS.items():
+        sec = getattr(cfg, stage)
+        if sec is None:
+            continue
+        value = getattr(sec, attr) or default
+        setattr(sec, attr, value if os.path.isabs(value) else os.path.join(cfg.run.dir, value))
+    for stage, pairs in UPSTREAM.items():
+        sec = getattr(cfg, stage)
+        if sec is None:
+            continue
+        for attr, up in pairs:
+            if getattr(sec, attr) is None:
+                upsec = getattr(cfg, up)
+                if upsec is None:
+                    raise ConfigError(f"{cfg.source}: missing required value {stage}.{attr}"
+                                      f" (no {up!r} section in this config provides it)")
+                setattr(sec, attr, getattr(upsec, OUTPUTS[up][0]))
+
+
 def from_dict(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
-    """Validate a raw mapping into a :class:`PipelineConfig`."""
+    """Validate a raw mapping into a :class:`PipelineConfig` (outputs resolved against ``run.dir``)."""
     sections: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
@@ -456,10 +583,14 @@ def from_dict(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
             raise ConfigError(f"{source}: unknown section {key!r} (sections: {', '.join(SECTIONS)})")
         sections[name] = build_section(name, value, source)
     sections.setdefault("run", build_section("run", {}, source))
-    sections.setdefault("cluster", build_section("cluster", {"profile": hconfig.get("pipelines.cluster", "local")}, source))
+    sections.setdefault("cluster", build_section("cluster", {"profile": hconfig.get("pipelines.cluster")}, source))
     cfg = PipelineConfig(source=source, **sections)
     for s in cfg.stages:
         cfg.stage(s)  # a listed stage needs its section
+    if cfg.run.dir is None:
+        stem = os.path.splitext(os.path.basename(source))[0]
+        cfg.run.dir = os.path.join(expand_path(str(hconfig.get("pipelines.runs-dir"))), stem)
+    resolve_paths(cfg)
     return cfg
 
 
@@ -486,16 +617,7 @@ def load_config(
         raw = dict(raw)
         raw["cluster"] = load_cluster_profile(cluster)
     raw = apply_overrides(raw, overrides)
-    cfg = from_dict(raw, source)
-    if cfg.run.dir is None:
-        stem = os.path.splitext(os.path.basename(source))[0]
-        cfg.run.dir = os.path.join(str(hconfig.get("pipelines.runs-dir", "runs")), stem)
-    for name in ("html", "jsonl"):  # exports read the extraction output of this config
-        sec = getattr(cfg, name)
-        if sec is not None and sec.out is None:
-            ext = cfg.extract.out if cfg.extract is not None and cfg.extract.out else None
-            sec.out = ext or os.path.join(cfg.run.dir, "features")
-    return cfg
+    return from_dict(raw, source)
 
 
 def find_cluster_profile(name: str | os.PathLike) -> str:

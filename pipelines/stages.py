@@ -2,7 +2,10 @@
 
 Each adapter turns a validated config section plus the run context (seed, client, resume,
 overwrite, run directory) into a call of the engine function and returns a small JSON-able
-summary for ``run.json``. No engine logic lives here.
+summary for ``run.json`` (``out``: where the output went; ``summary``: one line). No engine
+logic lives here; output safety does (:mod:`pipelines.outputs`): the run has already checked
+every output, an existing output is only ever cleared through :func:`hvrt_dask.ownership.clear`,
+and engines are never asked to overwrite.
 """
 
 from __future__ import annotations
@@ -11,35 +14,19 @@ import dataclasses
 import importlib
 import inspect
 import os
-import shutil
 from typing import Any
 
-from pipelines.runs import StageContext
-from pipelines.schema import ENGINE_FUNCTIONS, ConfigError
-
-# Default output names inside the run directory.
-DEFAULT_OUT = {
-    "expand": "expanded.zarr",
-    "reduce": "reduced.zarr",
-    "capture": "activations.zarr",
-    "train_sae": "sae",
-    "extract": "features",
-}
-
-
-def out_path(stage: str, section: Any, ctx: StageContext) -> str:
-    """The stage's output path: the configured one, else ``<run_dir>/<default name>``."""
-    attr = "out_dir" if stage == "train_sae" else "out"
-    value = getattr(section, attr, None)
-    return os.fspath(value) if value else os.path.join(ctx.run_dir, DEFAULT_OUT[stage])
+from hvrt_dask import ownership
+from pipelines import outputs, progress
+from pipelines.context import StageContext
+from pipelines.data import load_data
+from pipelines.schema import ENGINE_FUNCTIONS, OUTPUTS
 
 
 def engine_function(stage: str) -> Any:
+    """The library function a stage calls."""
     mod, attr = ENGINE_FUNCTIONS[stage]
-    try:
-        return getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(f"stage {stage!r} needs {mod}.{attr}, which is not available: {exc}") from exc
+    return getattr(importlib.import_module(mod), attr)
 
 
 def summarize(result: Any) -> Any:
@@ -63,68 +50,31 @@ def summarize(result: Any) -> Any:
         return repr(result)[:200]
 
 
+def _out(stage: str, section: Any) -> str:
+    return os.fspath(getattr(section, OUTPUTS[stage][0]))
+
+
 # ----------------------------------------------------------------------------- HVRT stages
 
 
-def load_data(spec: str, persist: bool = False) -> Any:
-    """Open the ``data`` of an expand/reduce config.
-
-    ``sklearn:<loader>`` (a dataset bundled with scikit-learn, e.g. ``sklearn:load_wine``), a
-    ``.npy`` file, a ``.csv`` file (pandas) or a Zarr array path (passed to ``HVRT.fit`` as is,
-    or opened as a dask array and persisted on the cluster with ``persist``).
-    """
-    if spec.startswith("sklearn:"):
-        import sklearn.datasets
-
-        name = spec.split(":", 1)[1]
-        loader = getattr(sklearn.datasets, name, None)
-        if loader is None or not name.startswith("load_"):
-            raise ConfigError(f"data: {spec!r} is not a bundled scikit-learn dataset loader (load_*)")
-        return loader(as_frame=True).data
-    if not os.path.exists(spec):
-        raise FileNotFoundError(f"data: {spec!r} does not exist")
-    if spec.endswith(".npy"):
-        import numpy as np
-
-        return np.load(spec)
-    if spec.endswith(".csv"):
-        import pandas as pd
-
-        return pd.read_csv(spec)
-    if persist:
-        import dask.array as da
-
-        return da.from_zarr(spec).persist()
-    return spec
-
-
-def _clear_stale_output(path: str, ctx: StageContext) -> None:
-    # expand/reduce write their output in one go (no chunk markers): an unfinished attempt's
-    # output is removed before the stage runs again.
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "zarr.json")):
-        shutil.rmtree(path)
-    elif os.path.isfile(path):
-        os.unlink(path)
-
-
-def _estimator(section: Any, ctx: StageContext) -> Any:
+def _fitted_estimator(section: Any, ctx: StageContext, steps: progress.Steps) -> Any:
     from hvrt_dask import HVRT
 
+    steps.step("load data")
+    data = load_data(section.data, section.persist_input)
     params = dict(section.model)
     params.setdefault("random_state", ctx.seed)
-    return HVRT(**params)
-
-
-def _fitted_estimator(section: Any, ctx: StageContext) -> Any:
-    """The HVRT estimator of an expand/reduce section, fitted on the section's data."""
-    data = load_data(section.data, section.persist_input)
-    return _estimator(section, ctx).fit(data, feature_types=section.feature_types)
+    steps.step("fit")
+    return HVRT(**params).fit(data, feature_types=section.feature_types)
 
 
 def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
-    out = out_path("expand", section, ctx)
-    _clear_stale_output(out, ctx)
-    est = _fitted_estimator(section, ctx)
+    out = _out("expand", section)
+    steps = progress.Steps("expand", 3, ctx.echo)
+    est = _fitted_estimator(section, ctx, steps)
+    staging = outputs.begin_staged(out, ctx.run_id)
+    built = os.path.join(staging, "out")
+    steps.step("generate and write")
     result = est.expand(
         section.n,
         generation_strategy=section.generation_strategy,
@@ -132,84 +82,135 @@ def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
         variance_weighted=section.variance_weighted,
         adaptive_bandwidth=section.adaptive_bandwidth,
         clip=section.clip,
-        output=out,
+        output=built,
     )
-    return {"out": out, "n_partitions": summarize(getattr(est, "n_partitions_", None)), "result": summarize(result)}
+    shape = [int(v) for v in result.shape]
+    steps.close()
+    outputs.finish_staged(built, out, outputs.KINDS["expand"], ctx.run_id)
+    return {"out": out, "shape": shape, "n_partitions": summarize(getattr(est, "n_partitions_", None)),
+            "summary": f"{shape[0]} synthetic rows x {shape[1]} columns"}
 
 
 def run_reduce(section: Any, ctx: StageContext) -> dict[str, Any]:
-    out = out_path("reduce", section, ctx)
-    _clear_stale_output(out, ctx)
-    est = _fitted_estimator(section, ctx)
+    import zarr
+
+    out = _out("reduce", section)
+    steps = progress.Steps("reduce", 3, ctx.echo)
+    est = _fitted_estimator(section, ctx, steps)
+    staging = outputs.begin_staged(out, ctx.run_id)
+    built = os.path.join(staging, "out")
+    if section.return_indices:  # a group: the selected rows and their row numbers
+        zarr.open_group(built, mode="w-", attributes={"hvrt_dask": "reduce", "arrays": ["data", "indices"]})
+    steps.step("select and write")
     result = est.reduce(
         n=section.n,
         ratio=section.ratio,
         method=section.method,
         variance_weighted=section.variance_weighted,
         return_indices=section.return_indices,
-        output=out,
+        output=os.path.join(built, "data") if section.return_indices else built,
     )
-    return {"out": out, "n_partitions": summarize(getattr(est, "n_partitions_", None)), "result": summarize(result)}
+    if section.return_indices:
+        import dask.array as da
+        import numpy as np
+
+        data, idx = result
+        idx = da.asarray(idx) if not isinstance(idx, np.ndarray) else idx
+        da.to_zarr(da.asarray(idx).astype("int64"), os.path.join(built, "indices"), compute=True)
+        result = data
+    shape = [int(v) for v in result.shape]
+    steps.close()
+    outputs.finish_staged(built, out, outputs.KINDS["reduce"], ctx.run_id)
+    extra = " (+ indices)" if section.return_indices else ""
+    return {"out": out, "shape": shape, "n_partitions": summarize(getattr(est, "n_partitions_", None)),
+            "summary": f"{shape[0]} of {est.n_samples_} rows kept{extra}"}
 
 
 # ----------------------------------------------------------------------------- SAE stages
 
 
-def _engine_kwargs(stage: str, section: Any, ctx: StageContext, fn: Any) -> dict[str, Any]:
+def _engine_kwargs(section: Any, ctx: StageContext, fn: Any) -> dict[str, Any]:
     """Section values (unset ones left to the engine's defaults) + run context."""
     kw = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name != "extra"}
     kw.update(section.extra)
     kw = {k: v for k, v in kw.items() if v is not None}
     params = inspect.signature(fn).parameters
-    overwrite = bool(ctx.overwrite or kw.get("overwrite", False))
-    if "overwrite" in params:
-        kw["overwrite"] = overwrite
-    if "resume" in params:  # the engines take at most one of resume / overwrite
-        kw["resume"] = bool(ctx.resume and kw.get("resume", True) and not overwrite)
     if "client" in params:
         kw["client"] = ctx.client
+    if "progress" in params:
+        kw["progress"] = ctx.progress
     for seed_name in ("seed", "random_state"):
         if seed_name in params and seed_name not in kw:
             kw[seed_name] = ctx.seed
     return kw
 
 
+def _prepare_owned(stage: str, out: str, ctx: StageContext, resumable: bool) -> bool:
+    """Clear our own stale output when the stage starts over; returns whether to resume."""
+    if ctx.overwrite or not resumable:
+        ownership.clear(out, outputs.KINDS[stage])  # refuses anything that is not ours
+        return False
+    return ctx.resume
+
+
+def _run_engine(stage: str, section: Any, ctx: StageContext, resumable: bool) -> tuple[str, Any]:
+    fn = engine_function(stage)
+    kw = _engine_kwargs(section, ctx, fn)
+    out = _out(stage, section)
+    resume = _prepare_owned(stage, out, ctx, resumable)
+    if "resume" in inspect.signature(fn).parameters:
+        kw["resume"] = resume
+    kw["overwrite"] = False  # the run layer clears (only its own outputs); engines never delete
+    ctx.echo(f"[{stage}] writing {out}")
+    result = fn(**kw)
+    outputs.finish_marked(out, outputs.KINDS[stage], ctx.run_id)
+    return out, result
+
+
 def run_capture(section: Any, ctx: StageContext) -> dict[str, Any]:
-    fn = engine_function("capture")
-    kw = _engine_kwargs("capture", section, ctx, fn)
-    kw["out"] = out_path("capture", section, ctx)
-    return {"out": kw["out"], "result": summarize(fn(**kw))}
+    out, rep = _run_engine("capture", section, ctx, resumable=True)
+    s = summarize(rep)
+    return {"out": out, "result": s,
+            "summary": f"{s.get('n_samples')} samples, {s.get('tokens')} tokens captured"}
 
 
 def run_train_sae(section: Any, ctx: StageContext) -> dict[str, Any]:
-    fn = engine_function("train_sae")
-    kw = _engine_kwargs("train_sae", section, ctx, fn)
-    kw["out_dir"] = out_path("train_sae", section, ctx)
-    return {"out": kw["out_dir"], "result": summarize(fn(**kw))}
+    out, rec = _run_engine("train_sae", section, ctx, resumable=False)
+    s = {k: v for k, v in summarize(rec).items() if k != "log"}
+    return {"out": out, "result": s,
+            "summary": f"d_sae {s.get('d_sae')}, FVE {s.get('fve', float('nan')):.3f}, L0 {s.get('l0', float('nan')):.1f}"}
 
 
 def run_extract(section: Any, ctx: StageContext) -> dict[str, Any]:
-    fn = engine_function("extract")
-    kw = _engine_kwargs("extract", section, ctx, fn)
-    kw["out"] = out_path("extract", section, ctx)
-    return {"out": kw["out"], "result": summarize(fn(**kw))}
+    out, res = _run_engine("extract", section, ctx, resumable=True)
+    s = summarize(res)
+    return {"out": out, "result": s,
+            "summary": f"{s.get('n_chunks')} chunks, top {section.top_k} examples per feature"}
 
 
 def _features(spec: Any) -> Any:
     return range(spec) if isinstance(spec, int) else spec
 
 
+def _export(stage: str, section: Any, ctx: StageContext, write: Any) -> dict[str, Any]:
+    staging = outputs.begin_staged(section.path, ctx.run_id)
+    built = os.path.join(staging, os.path.basename(section.path))
+    result = write(built)
+    path = outputs.finish_staged(built, section.path, outputs.KINDS[stage], ctx.run_id)
+    return {"out": path, "result": summarize(result), "summary": f"{stage} export of {section.out}"}
+
+
 def run_html(section: Any, ctx: StageContext) -> dict[str, Any]:
     from hvrt_dask.sae.export import export_html
 
-    return {"path": summarize(export_html(section.out, section.path, features=_features(section.features),
-                                          max_examples=section.max_examples))}
+    return _export("html", section, ctx, lambda p: export_html(
+        section.out, p, features=_features(section.features), max_examples=section.max_examples))
 
 
 def run_jsonl(section: Any, ctx: StageContext) -> dict[str, Any]:
     from hvrt_dask.sae.export import export_jsonl
 
-    return {"path": section.path, "records": summarize(export_jsonl(section.out, section.path, features=_features(section.features)))}
+    return _export("jsonl", section, ctx, lambda p: export_jsonl(section.out, p, features=_features(section.features)))
 
 
 ADAPTERS = {

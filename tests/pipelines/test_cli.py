@@ -36,10 +36,13 @@ def test_python_dash_m_entry_point():
 
 
 def test_validate_and_show_config(tmp_path):
-    path = write(tmp_path, """
+    from _faults_helpers import make_sae, make_store
+
+    store, sae = make_store(tmp_path / "s.zarr", n=8, chunk=4), make_sae(tmp_path / "sae_dir")
+    path = write(tmp_path, f"""
         extract:
-          store: s.zarr
-          sae: sae_dir
+          store: {store}
+          sae: {sae}
     """)
     res = CliRunner().invoke(cli, ["validate", path])
     assert res.exit_code == 0 and "OK" in res.output
@@ -78,6 +81,12 @@ def test_config_init(tmp_path):
     assert data["hvrt"]["extract"]["top-k"] == 100
     res = CliRunner().invoke(cli, ["config", "init", "--path", str(target)])
     assert res.exit_code == 1 and "exists" in res.output
+    assert CliRunner().invoke(cli, ["config", "init", "--path", str(target), "--force"]).exit_code == 0  # ours
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("hvrt: {extract: {top-k: 7}}\n")  # a user's own file: --force does not replace it
+    res = CliRunner().invoke(cli, ["config", "init", "--path", str(mine), "--force"])
+    assert res.exit_code == 1 and "not written by hvrt_dask" in res.output
+    assert mine.read_text() == "hvrt: {extract: {top-k: 7}}\n"
 
 
 def test_expand_end_to_end_matches_library(tmp_path):
@@ -108,6 +117,7 @@ def test_expand_end_to_end_matches_library(tmp_path):
     np.testing.assert_array_equal(got, np.asarray(ref, dtype=got.dtype))
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "success" and info["stages"]["expand"]["result"]["out"].endswith("expanded.zarr")
+    assert f"[expand] output: {tmp_path / 'run' / 'expanded.zarr'}" in out.stdout  # the CLI says where
     # re-running the same config is a no-op (exit 0), --force redoes it
     again = subprocess.run([sys.executable, "-m", "pipelines", "expand", path], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already complete" in again.stdout

@@ -14,7 +14,7 @@ import dask
 import numpy as np
 import pytest
 
-from pipelines.runs import StageContext
+from pipelines.context import StageContext
 from pipelines.schema import build_section
 from pipelines.stages import run_stage
 
@@ -52,11 +52,15 @@ def _table(path, n=4000, d=6, seed=0, chunk=500):
 
 
 def _run(stage, raw, tmp_path, client, name):
+    raw = {**raw, "out": str(tmp_path / name / OUT[stage])}
     sec = build_section(stage, raw, "<test>")
     ctx = StageContext(run_dir=str(tmp_path / name), seed=9, client=client, resume=True, overwrite=False,
                        echo=lambda m: None)
     os.makedirs(ctx.run_dir, exist_ok=True)
     return run_stage(stage, sec, ctx)
+
+
+OUT = {"expand": "expanded.zarr", "reduce": "reduced.zarr", "extract": "features"}
 
 
 def _with_killed_worker(lc, client, after, fn):
@@ -92,7 +96,7 @@ def test_worker_killed_mid_extraction(tmp_path, own_cluster):
     store = make_store(tmp_path / "acts.zarr", n=96, chunk=4)
     sae = make_sae(tmp_path / "sae")
     raw = {"store": store, "sae": sae, "top_k": 5, "prefix": 2, "suffix": 2, "max_in_flight": 2,
-           "split_every": 4, "progress": False}
+           "split_every": 4}
     ref = _run("extract", raw, tmp_path, client, "undisturbed")
     got = _with_killed_worker(lc, client, 6, lambda: _run("extract", raw, tmp_path, client, "killed"))
     a, b = read_arrays(ref["out"]), read_arrays(got["out"])
@@ -100,7 +104,8 @@ def test_worker_killed_mid_extraction(tmp_path, own_cluster):
     assert_same_arrays(a, b)
 
 
-def test_pipeline_process_killed_mid_extraction_then_rerun(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_pipeline_process_killed_mid_extraction_then_rerun(tmp_path, sig):
     store = make_store(tmp_path / "acts.zarr", n=60, chunk=2)
     sae = make_sae(tmp_path / "sae")
     common = {"store": store, "sae": sae, "top_k": 5, "prefix": 2, "suffix": 2, "max_in_flight": 1, "split_every": 4}
@@ -127,8 +132,11 @@ def test_pipeline_process_killed_mid_extraction_then_rerun(tmp_path):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()
-        os.killpg(proc.pid, signal.SIGKILL)  # the pipeline, its scheduler and its workers
-        proc.wait(timeout=30)
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, signal.SIGKILL)  # the pipeline, its scheduler and its workers
+        else:
+            os.kill(proc.pid, signal.SIGTERM)  # a SLURM time limit, `timeout`: the pipeline process only
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -136,13 +144,18 @@ def test_pipeline_process_killed_mid_extraction_then_rerun(tmp_path):
     n_done = len(list(partials.glob("*.done")))
     assert 4 <= n_done < n_chunks
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["status"] == "running" and info["stages"]["extract"]["status"] == "running"
+    if sig == signal.SIGKILL:  # no chance to write: the record says running until the next run
+        assert info["status"] == "running" and info["stages"]["extract"]["status"] == "running"
+    else:  # recorded truthfully, lock released
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert info["status"] == "interrupted" and info["stages"]["extract"]["status"] == "interrupted"
+        assert (tmp_path / "run" / ".lock").read_text() == ""
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "success" and info["stages"]["extract"]["resume"] is True
-    assert info["history"][-1]["status"] == "running"  # the killed attempt
+    assert info["history"][-1]["status"] == ("killed" if sig == signal.SIGKILL else "interrupted")
 
     # undisturbed reference: the library call, in this process, same inputs
     from hvrt_dask.sae.extract import extract_features

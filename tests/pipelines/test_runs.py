@@ -38,11 +38,17 @@ class Recorder:
         self.fail_on = fail_on
 
     def __call__(self, name, section, ctx):
+        from hvrt_dask import ownership
+        from pipelines.outputs import KINDS
+
         self.calls.append((name, ctx.resume, ctx.overwrite))
         if name == self.fail_on:
             raise RuntimeError(f"boom in {name}")
         total = ctx.client.submit(sum, range(section.n)).result()
         assert total == section.n * (section.n - 1) // 2
+        ownership.clear(section.out, KINDS[name])  # an output of ours, as the real stages write it
+        ownership.claim(section.out, KINDS[name], run_id=ctx.run_id)
+        ownership.mark_complete(section.out)
         return {"total": total}
 
 
@@ -67,7 +73,7 @@ def test_run_json_contents(tmp_path, client):
     html = (tmp_path / "run" / "performance-report.html").read_text()
     assert "<html" in html.lower() and len(html) > 10_000
     assert any("Dask dashboard:" in line for line in lines)
-    assert not (tmp_path / "run" / ".lock").exists()
+    assert (tmp_path / "run" / ".lock").read_text() == ""  # released (the file stays: no unlink races)
 
 
 def test_finished_run_not_redone_then_force(tmp_path, client):
@@ -112,22 +118,26 @@ def test_lock_held_by_live_process_exit_3(tmp_path, client):
     cfg = make_cfg(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pipelines.runs import run_lock
+        with run_lock({str(run_dir)!r}):
+            print('locked', flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
     try:
-        import socket
-
-        (run_dir / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "since": "x"}))
+        assert holder.stdout.readline().strip() == "locked"
         rec = Recorder()
         lines = []
         assert runs.execute(cfg, client=client, stage_fn=rec, echo=lines.append) == runs.EXIT_RUNNING
-        assert rec.calls == [] and "already running" in lines[-1]
+        assert rec.calls == [] and "already running" in lines[-1] and str(holder.pid) in lines[-1]
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    # the holder died: its lock is stale and taken over
+        holder.kill()
+        holder.wait()
+    # the holder died (SIGKILL): the kernel dropped its lock; its record is stale and taken over
     rec = Recorder()
     assert runs.execute(cfg, client=client, stage_fn=rec, echo=lambda m: None) == 0
-    assert len(rec.calls) == 2 and not (run_dir / ".lock").exists()
+    assert len(rec.calls) == 2 and (run_dir / ".lock").read_text() == ""
 
 
 def test_concurrent_cli_runs_one_gets_exit_3(tmp_path):
