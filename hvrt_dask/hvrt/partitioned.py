@@ -194,11 +194,21 @@ def partition(
     values = np.asarray(values, dtype=np.float64)
     if check_finite:
         _raise_nonfinite(~np.isfinite(values).all(axis=0), columns)
-    Z = transform(values)
-    pos = np.searchsorted(leaf_ids, _tree.apply_block(Z, tree))
+    # Leaf assignment on threads over row blocks (sklearn's apply and numpy release the GIL).
+    per_core = max(_layout.LOCAL_MIN_ROWS, -(-len(values) // (os.cpu_count() or 1)))
+    spans = [(a, min(a + per_core, len(values))) for a in range(0, max(len(values), 1), per_core)]
+
+    def assign(k: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = spans[k]
+        Zk = transform(values[a:b])
+        return Zk, np.searchsorted(leaf_ids, _tree.apply_block(Zk, tree))
+
+    parts = map_local(assign, len(spans), len(values))
+    Z = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+    pos = np.concatenate([p[1] for p in parts])
     s = _layout.summarize(pos, np.abs(Z).mean(axis=1), len(leaf_ids))
     if target > 0:  # in memory, chunks are the unit of thread parallelism: a chunk per core
-        target = min(target, max(_layout.LOCAL_MIN_ROWS, -(-len(values) // (os.cpu_count() or 1))))
+        target = min(target, per_core)
     layout = _layout.plan(s.counts[None, :], leaf_ids, target)
     mean_abs_z = _mean_abs_z([s], leaf_ids, layout)
     order = np.argsort(pos, kind="stable").astype(np.int64)  # canonical order
