@@ -138,3 +138,29 @@ def test_original_row_numbers_travel_with_rows(client):
         m = HVRT(random_state=1).fit(da.from_array(X, chunks=(999, -1)), feature_types=FEATURES)
         red, idx = m.reduce(ratio=0.1, return_indices=True)
         np.testing.assert_array_equal(red.compute(), X[idx.compute()])
+
+
+def test_bad_external_dask_input_refused_before_writing(client, tmp_path):
+    X = _data()
+    with dask.config.set(CONFIG):
+        m = HVRT(random_state=1).fit(da.from_array(X, chunks=(3000, -1)), feature_types=FEATURES)
+        bad = X[:2000].copy()
+        bad[1500, 2] = np.nan
+        for call in (lambda out: m.expand(100, X=da.from_array(bad, chunks=(700, -1)), output=out),
+                     lambda out: m.reduce(n=10, X=da.from_array(bad, chunks=(700, -1)), output=out)):
+            out = tmp_path / "out.zarr"
+            with pytest.raises(ValueError, match="NaN or infinite values in column.*2"):
+                call(str(out))
+            assert not out.exists()
+
+
+def test_changed_input_between_passes_is_detected():
+    import pandas as pd
+
+    from hvrt_dask.hvrt._layout import unpack_block
+
+    df = pd.DataFrame({"pos": [10, 12, 12], "row": [0, 1, 2], "x0": [0.0, 1.0, 2.0]})
+    with pytest.raises(RuntimeError, match="output chunk 1 received 3 rows for 3 canonical"):
+        unpack_block(df, np.array([0, 10, 13]), partition_info={"number": 1})
+    placed = unpack_block(df.assign(pos=[12, 10, 11]), np.array([0, 10, 13]), partition_info={"number": 1})
+    assert placed["row"].tolist() == [1, 2, 0]
