@@ -212,7 +212,7 @@ def render(rows: list[dict], shuffle: str, note: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="10000000,30000000", help="comma-separated row counts")
-    ap.add_argument("--shuffle", default="blocks", choices=["global", "blocks", "none"],
+    ap.add_argument("--shuffle", default="global", choices=["global", "blocks", "none"],
                     help="hvrt.expand.shuffle for the expand stage")
     ap.add_argument("--note", default="shared 2-core machine: 3 other sessions were running tests at the same time")
     ap.add_argument("--out", default=RESULTS)

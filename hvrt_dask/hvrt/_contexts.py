@@ -4,7 +4,7 @@ One ``map_blocks(..., dtype=object)`` over the grouped z-space data calls
 ``strategy.prepare(Xz_chunk, table, params)`` once per chunk. The result is a dask object
 array of shape ``(n_chunks, 1)`` with chunks ``((1,) * n_chunks, (1,))``, so it lines up
 block-for-block with ``grouped_.X`` / ``grouped_.Xz`` (one column chunk) in a later
-``map_blocks``. It is persisted (on the cluster when a client is active) and cached on the
+``map_blocks``. It is persisted (on the cluster, when the grouped data is) and cached on the
 :class:`~hvrt_dask.hvrt.partitioned.PartitionedData`, keyed by ``(kind, strategy.name,
 id(type(strategy)), frozen params, columns)``; a second call with the same key returns the
 cached array without running ``prepare``. In-memory data is prepared on threads, one task
@@ -123,6 +123,6 @@ def chunk_contexts(
             chunks=((1,) * nb, (1,)),
             meta=np.empty((0, 0), dtype=object),
         )
-        entry = ContextEntry(arr.persist())
+        entry = ContextEntry(arr.persist() if data.persisted else arr)
     cache[key] = entry
     return entry

@@ -21,6 +21,8 @@ For data on a cluster nothing per row reaches the client:
 
 from __future__ import annotations
 
+import operator
+import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -228,7 +230,7 @@ def _xcols(d: int) -> list[str]:
     return [f"x{j}" for j in range(d)]
 
 
-_KEYS = ["_partitions", "pos", "row"]
+_KEYS = ["_partitions", "pos"]
 
 
 def route_block(
@@ -244,7 +246,7 @@ def route_block(
     Rows of a partition get consecutive canonical positions in original order, starting
     at ``starts[0, 1 + leaf]`` (that partition's rows in earlier input chunks come first);
     ``starts[0, 0]`` is the global row number of the chunk's first row.
-    The integer keys are exact in float64 (< 2**53); :func:`_typed` restores the dtypes.
+    The integer keys are exact in float64 (< 2**53); :func:`place_rows` restores the dtypes.
     """
     block = np.asarray(block, dtype=np.float64)
     leaves, _ = leaf_absz(block, tree, transform)
@@ -262,8 +264,8 @@ def route_block(
     return out
 
 
-def _typed(df: Any, store_dtype: np.dtype) -> Any:
-    return df.astype({**{k: np.int64 for k in _KEYS}, **{c: store_dtype for c in df.columns[3:]}})
+def _typed(df: Any, dtypes: dict[str, Any]) -> Any:
+    return df.astype(dtypes)
 
 
 def unpack_block(df: Any, bounds: np.ndarray, partition_info: dict | None = None) -> Any:
@@ -284,6 +286,29 @@ def unpack_block(df: Any, bounds: np.ndarray, partition_info: dict | None = None
     return df.iloc[take].drop(columns=[k for k in ("_partitions", "pos") if k in df.columns])
 
 
+def place_rows(keyed: da.Array, bounds: np.ndarray, dtypes: dict[str, Any], method: str) -> da.Array:
+    """Move rows to the output chunks given by their keys with Dask's shuffle.
+
+    ``keyed`` holds, per row, ``[destination chunk, position, *payload]`` (float64; integers
+    exact below 2**53). Output chunk ``c`` holds positions ``bounds[c]:bounds[c + 1]`` in
+    order. ``dtypes`` names the payload columns and the dtypes they travel in. Returns the
+    payload as one float64 dask array with exactly those row chunks (one conversion, so
+    the shuffle appears once in the graph).
+    """
+    import dask.dataframe as dd
+    from dask.dataframe.dask_expr import new_collection
+    from dask.dataframe.dask_expr._shuffle import Shuffle
+
+    frame = dd.from_dask_array(keyed, columns=_KEYS + list(dtypes))
+    dtypes = {"_partitions": np.int64, "pos": np.int64, **dtypes}
+    frame = frame.map_partitions(_typed, dtypes, meta=_typed(frame._meta, dtypes))
+    # The destination chunk id *is* the output partition (no hashing): the low-level
+    # shuffle expression that set_index/shuffle lower to, with that column given directly.
+    shuffled = new_collection(Shuffle(frame.expr, "_partitions", len(bounds) - 1, True, method))
+    placed = shuffled.map_partitions(unpack_block, bounds, meta=frame._meta.drop(columns=_KEYS))
+    return placed.astype(np.float64).to_dask_array(lengths=tuple(np.diff(bounds).tolist()))
+
+
 def shuffle_rows(
     values: da.Array,
     tree: Any,
@@ -299,28 +324,55 @@ def shuffle_rows(
     ``method`` is ``"p2p"`` (distributed's peer-to-peer shuffle; needs a client) or
     ``"tasks"``.
     """
-    import dask.dataframe as dd
-    from dask.dataframe.dask_expr import new_collection
-    from dask.dataframe.dask_expr._shuffle import Shuffle
-
     d = int(values.shape[1])
-    n_out = len(layout.tables)
     row0 = np.concatenate([[0], np.cumsum(values.chunks[0])]).astype(np.int64)
     # Each task gets only its own row of starts (one block per input chunk).
     starts = da.from_array(np.column_stack([row0[:-1], layout.starts]), chunks=(1, -1), name=False)
+    # A fresh name per call: every key downstream (the shuffle's id included) is unique, so
+    # two groupings of the same data never share keys on the scheduler.
     keyed = da.blockwise(
         route_block, "ij", values, "ij", starts, "ik", tree, None, transform, None, leaf_ids, None,
         layout.bounds, None, concatenate=True, align_arrays=False, adjust_chunks={"j": 3 + d}, dtype=np.float64,
-        meta=np.empty((0, 0)),
+        meta=np.empty((0, 0)), name=f"hvrt-route-{uuid.uuid4().hex}",
     )
-    cols = _KEYS + _xcols(d)
-    frame = dd.from_dask_array(keyed, columns=cols)
-    frame = frame.map_partitions(_typed, store_dtype, meta=_typed(frame._meta, store_dtype))
-    # The destination chunk id *is* the output partition (no hashing): the low-level
-    # shuffle expression that set_index/shuffle lower to, with that column given directly.
-    shuffled = new_collection(Shuffle(frame.expr, "_partitions", n_out, True, method))
-    placed = shuffled.map_partitions(unpack_block, layout.bounds, meta=frame._meta.drop(columns=_KEYS[:2]))
-    lengths = tuple(int(t.n_rows) for t in layout.tables)
-    Xg = placed[_xcols(d)].to_dask_array(lengths=lengths)
-    rows = placed["row"].to_dask_array(lengths=lengths)
-    return Xg, rows
+    placed = place_rows(keyed, layout.bounds, {"row": np.int64, **{c: store_dtype for c in _xcols(d)}}, method)
+    return placed[:, 1:].astype(store_dtype), placed[:, 0].astype(np.int64)
+
+
+def expand_permutation(seed: int, call: int, n: int) -> np.ndarray:
+    """Where each canonical output row of one ``expand`` call goes (``hvrt.expand.shuffle: global``)."""
+    from hvrt_dask._seeding import generator
+
+    return generator(seed, "expand-shuffle", call).permutation(n)
+
+
+def _key_permuted(block: np.ndarray, dest: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    out = np.empty((len(block), 2 + block.shape[1]), dtype=np.float64)
+    out[:, 0] = np.searchsorted(bounds, dest, side="right") - 1
+    out[:, 1] = dest
+    out[:, 2:] = block
+    return out
+
+
+def permute_rows(arr: da.Array, seed: int, call: int, chunk_rows: int, method: str) -> da.Array:
+    """``arr[inv]`` with ``inv`` the inverse of ``generator(seed, "expand-shuffle", call).permutation(n)``.
+
+    Row ``i`` goes to position ``perm[i]``. The permutation is drawn by one task on a
+    worker (8 bytes per row there, nothing on the client) and the rows move with Dask's
+    shuffle into chunks of ``chunk_rows`` rows.
+    """
+    n, d = int(arr.shape[0]), int(arr.shape[1])
+    # One task draws the permutation; one slicing task per block of ``arr`` (a hand-built
+    # graph: two layers, O(blocks) keys).
+    token = dask.base.tokenize(seed, call, n, arr.chunks[0])
+    name, src = f"hvrt-expand-permutation-{token}", ("hvrt-expand-permutation-source-" + token,)
+    edges = np.concatenate([[0], np.cumsum(arr.chunks[0])]).astype(np.int64)
+    dsk: dict = {src: (expand_permutation, int(seed), int(call), n)}
+    for i in range(len(arr.chunks[0])):
+        dsk[(name, i)] = (operator.getitem, src, slice(int(edges[i]), int(edges[i + 1])))
+    perm = da.Array(dsk, name, chunks=(arr.chunks[0],), dtype=np.int64)
+    bounds = np.unique(np.append(np.arange(0, n, max(1, int(chunk_rows)), dtype=np.int64), n))
+    keyed = da.blockwise(_key_permuted, "ij", arr.rechunk({1: -1}), "ij", perm, "i", bounds, None,
+                         adjust_chunks={"j": 2 + d}, dtype=np.float64, meta=np.empty((0, 0)),
+                         name=f"hvrt-permute-{uuid.uuid4().hex}")
+    return place_rows(keyed, bounds, {c: np.float64 for c in _xcols(d)}, method)

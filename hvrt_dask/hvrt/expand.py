@@ -11,7 +11,8 @@
 6. Shuffle: the grouped output is in canonical (sorted partition id) order whatever the
    chunking; a seeded permutation keyed by ``(seed, "expand-shuffle", call)`` then fixes
    the row order. ``hvrt.expand.shuffle: global`` (default) applies one global permutation
-   (in memory, or a dask fancy-index shuffle for lazy output), which makes the output
+   (in memory a scatter; for lazy output the permutation is drawn by one worker task and
+   the rows move with Dask's P2P shuffle, nothing per row on the client), which makes the output
    bit-identical across chunkings. ``blocks`` permutes rows inside each chunk and then the
    chunk order — no data movement, but the order then depends on the chunk layout.
 
@@ -36,7 +37,8 @@ from hvrt_dask._seeding import generator
 from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
-from hvrt_dask.hvrt.partitioned import external
+from hvrt_dask.hvrt._layout import expand_permutation, permute_rows, target_rows
+from hvrt_dask.hvrt.partitioned import active_client, external
 
 _NAMED_BW = ("scott", "silverman")
 SHUFFLE_MODES = ("global", "blocks", "none")
@@ -200,7 +202,7 @@ def expand_raw(
     if g.local is not None:
         # Canonical row i goes to position dest[i]: one scatter per chunk, no concatenate.
         # Chunks run on threads for large outputs; each writes disjoint rows of ``out``.
-        dest = generator(seed, "expand-shuffle", call).permutation(n) if shuffle == "global" else None
+        dest = expand_permutation(seed, call, n) if shuffle == "global" else None
         out = np.empty((n, spec.n_features), dtype=np.float64)
         offsets = np.concatenate([[0], np.cumsum(totals)]).astype(np.int64)
 
@@ -224,11 +226,9 @@ def expand_raw(
         _gen_block, g.X, entry.array, strategy, chunk_budgets, list(g.tables), seed, call, post,
         dtype=np.float64, chunks=(totals, (spec.n_features,)), meta=np.empty((0, 0)),
     )
-    if shuffle == "global":
-        dest = generator(seed, "expand-shuffle", call).permutation(n)
-        inv = np.empty_like(dest)
-        inv[dest] = np.arange(n, dtype=dest.dtype)
-        out = out[inv]  # the same order as the in-memory scatter
+    if shuffle == "global":  # the same order as the in-memory scatter, moved by a shuffle
+        method = "p2p" if active_client() is not None else "tasks"
+        out = permute_rows(out, seed, call, target_rows(), method)
     elif shuffle == "blocks":
         order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
         out = da.concatenate([out.blocks[int(c)] for c in order if totals[c]], axis=0)

@@ -54,6 +54,8 @@ class PartitionedData:
         Raw block → z-space ``[continuous | categorical]``.
     local : dict or None
         numpy blocks ``{"X", "Xz", "rows"}`` per chunk for in-memory data.
+    persisted : bool
+        The chunks are persisted on the cluster (so are the contexts built from them).
     cache : dict
         Per-chunk prepared contexts (see :mod:`hvrt_dask.hvrt._contexts`).
     """
@@ -68,6 +70,7 @@ class PartitionedData:
     cont_cols: np.ndarray
     transform: Any
     local: dict[str, list[np.ndarray]] | None = None
+    persisted: bool = False
     cache: dict = field(default_factory=dict)
 
     @property
@@ -129,7 +132,7 @@ def _wrap_blocks(blocks: list[np.ndarray], prefix: str) -> da.Array:
     return da.Array(dsk, name, chunks=chunks, dtype=first.dtype)
 
 
-def _active_client() -> Any:
+def active_client() -> Any:
     """The distributed client that will run computations, or None."""
     try:
         from distributed import get_client
@@ -233,7 +236,7 @@ def _partition_lazy(values, tree, transform, cont_cols, leaf_ids, columns, check
                     persist) -> PartitionedData:
     values = values.rechunk({1: -1})
     _layout.check_summary_size(values.numblocks[0], len(leaf_ids))
-    client = _active_client()
+    client = active_client()
     tree_d, tf_d, leaves_d = (dask.delayed(o, pure=True) for o in (tree, transform, leaf_ids))
     summaries = dask.compute(*[
         dask.delayed(_layout.chunk_summary, pure=True)(b, tree_d, tf_d, leaves_d, check_finite)
@@ -246,20 +249,27 @@ def _partition_lazy(values, tree, transform, cont_cols, leaf_ids, columns, check
     store = np.dtype(np.float64 if store_dtype is None else store_dtype)
     Xg, rows = _layout.shuffle_rows(values, tree, transform, leaf_ids, layout, store,
                                     "p2p" if client is not None else "tasks")
-    if client is not None if persist is None else persist:
+    persist = client is not None if persist is None else bool(persist)
+    if persist:
         Xg, rows = dask.persist(Xg, rows)
     if store != np.float64:  # exact: the values came from this dtype
         Xg = Xg.astype(np.float64)
     return PartitionedData(
         X=Xg, rows=rows, tables=layout.tables, unique=layout.unique, sizes=layout.sizes, mean_abs_z=mean_abs_z,
         part_index=layout.groups, cont_cols=np.asarray(cont_cols, dtype=np.int64), transform=transform,
+        persisted=persist,
     )
 
 
 def external(model: Any, X: Any) -> PartitionedData:
-    """External data ``X`` partitioned by ``model``'s fitted tree and grouped (uncached)."""
+    """External data ``X`` partitioned by ``model``'s fitted tree and grouped (uncached).
+
+    Not persisted: the result is used by one call, whose graph then runs the shuffle, the
+    contexts and the per-chunk work together (persisted keys of a throw-away object would
+    be released while the returned lazy result still needs them).
+    """
     from hvrt_dask.hvrt import _input
 
     values = _input.coerce_like(X, model.input_spec_)  # ValueError naming bad columns
     return partition(values, model.tree_, model.transform_, model.grouped_.cont_cols,
-                     columns=model.input_spec_.columns)
+                     columns=model.input_spec_.columns, persist=False)
