@@ -370,9 +370,18 @@ def permute_rows(arr: da.Array, seed: int, call: int, chunk_rows: int, method: s
     dsk: dict = {src: (expand_permutation, int(seed), int(call), n)}
     for i in range(len(arr.chunks[0])):
         dsk[(name, i)] = (operator.getitem, src, slice(int(edges[i]), int(edges[i + 1])))
-    perm = da.Array(dsk, name, chunks=(arr.chunks[0],), dtype=np.int64)
+    return scatter_rows(arr, da.Array(dsk, name, chunks=(arr.chunks[0],), dtype=np.int64), chunk_rows, method)
+
+
+def scatter_rows(arr: da.Array, dest: da.Array, chunk_rows: int, method: str) -> da.Array:
+    """``out[dest[i]] = arr[i]`` for a permutation ``dest`` (same row chunks as ``arr``).
+
+    The rows move with Dask's shuffle into float64 chunks of ``chunk_rows`` rows; nothing per
+    row reaches the client.
+    """
+    n, d = int(arr.shape[0]), int(arr.shape[1])
     bounds = np.unique(np.append(np.arange(0, n, max(1, int(chunk_rows)), dtype=np.int64), n))
-    keyed = da.blockwise(_key_permuted, "ij", arr.rechunk({1: -1}), "ij", perm, "i", bounds, None,
+    keyed = da.blockwise(_key_permuted, "ij", arr.rechunk({1: -1}), "ij", dest, "i", bounds, None,
                          adjust_chunks={"j": 2 + d}, dtype=np.float64, meta=np.empty((0, 0)),
-                         name=f"hvrt-permute-{uuid.uuid4().hex}")
+                         name=f"hvrt-scatter-{uuid.uuid4().hex}")
     return place_rows(keyed, bounds, {c: np.float64 for c in _xcols(d)}, method)

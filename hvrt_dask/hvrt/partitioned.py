@@ -113,10 +113,8 @@ class PartitionedData:
             out = np.empty_like(X)
             out[np.concatenate(self.local["rows"])] = X
             return out
-        # The inverse permutation is per-row: computed on the workers, as one more shuffle
-        # would be; here it is kept simple since augment() returns all rows anyway.
-        rows = self.rows.compute()
-        return self.X[np.argsort(rows)]
+        method = "p2p" if active_client() is not None else "tasks"
+        return _layout.scatter_rows(self.X, self.rows, _layout.target_rows(), method)
 
 
 def _wrap_blocks(blocks: list[np.ndarray], prefix: str) -> da.Array:

@@ -132,12 +132,14 @@ def test_real_scheduler_matches_reference(real_cluster):
 
 
 def test_original_row_numbers_travel_with_rows(client):
-    """return_indices reports the rows' original numbers, whatever the input chunking."""
+    """return_indices reports the rows' original numbers; augment restores the original order."""
     X = _data()
     with dask.config.set(CONFIG):
         m = HVRT(random_state=1).fit(da.from_array(X, chunks=(999, -1)), feature_types=FEATURES)
         red, idx = m.reduce(ratio=0.1, return_indices=True)
         np.testing.assert_array_equal(red.compute(), X[idx.compute()])
+        # and put back in original order by the same shuffle (augment's training part)
+        np.testing.assert_array_equal(m.augment(N + 50).compute()[:N], X)
 
 
 def test_bad_external_dask_input_refused_before_writing(client, tmp_path):
