@@ -209,6 +209,29 @@ def render(rows: list[dict], shuffle: str, note: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def fit_ratio(n: int, repeats: int = 2) -> str:
+    """In-memory fit of ``n`` rows, ours vs ``hvrt`` (the peer), same data: best of repeats."""
+    import hvrt
+
+    from benchmarks.bench_expand import make_data as mixture
+    from hvrt_dask import HVRT
+
+    X = mixture(n)
+    best = {}
+    for label, mk in (("peer", lambda: hvrt.HVRT(random_state=0)), ("ours", lambda: HVRT(random_state=0))):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            mk().fit(X)
+            times.append(time.perf_counter() - t0)
+        best[label] = min(times)
+    return "\n".join([
+        "", f"## In-memory fit at {n:,} rows vs hvrt=={hvrt.__version__}", "",
+        f"Same data as `bench_expand` (numpy float64, d = 10), best of {repeats}: peer "
+        f"{best['peer']:.2f} s, ours {best['ours']:.2f} s → **{best['peer'] / best['ours']:.2f}×** "
+        "(target ≥ 4×; `benchmarks/results/expand.md` has the full side-by-side table).", ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="10000000,30000000", help="comma-separated row counts")
@@ -216,7 +239,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="hvrt.expand.shuffle for the expand stage")
     ap.add_argument("--note", default="shared 2-core machine: 3 other sessions were running tests at the same time")
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--fit-ratio", type=int, default=0, metavar="ROWS",
+                    help="only append the in-memory fit ratio vs the peer at ROWS rows to --out")
     args = ap.parse_args(argv)
+    if args.fit_ratio:
+        text = fit_ratio(args.fit_ratio)
+        print(text)
+        with open(args.out, "a") as f:
+            f.write(text)
+        return 0
     rows: list[dict] = []
     for n in [int(s) for s in args.rows.split(",")]:
         workdir = tempfile.mkdtemp(prefix="hvrt_bench_scale_")
