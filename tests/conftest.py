@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import dask
 import pytest
@@ -59,3 +64,44 @@ def sync_scheduler():
     """Run dask collections with the single-threaded synchronous scheduler."""
     with dask.config.set(scheduler="sync"):
         yield
+
+
+@pytest.fixture
+def real_cluster(tmp_path):
+    """Scheduler + 2 workers as separate processes (own process groups, torn down after)."""
+    sched_file = tmp_path / "scheduler.json"
+    dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
+    procs = []
+
+    def start(*args):
+        p = subprocess.Popen([dask_cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+              "--scheduler-file", str(sched_file))
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert sched_file.exists(), "scheduler did not start"
+        time.sleep(0.3)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            start("worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
+                  "--memory-limit", "2GiB", "--name", f"w{i}", "--no-dashboard")
+        from distributed import Client
+
+        with Client(address, timeout=60) as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address, str(sched_file)
+    finally:
+        for p in procs[::-1]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()

@@ -4,9 +4,11 @@ One ``map_blocks(..., dtype=object)`` over the grouped z-space data calls
 ``strategy.prepare(Xz_chunk, table, params)`` once per chunk. The result is a dask object
 array of shape ``(n_chunks, 1)`` with chunks ``((1,) * n_chunks, (1,))``, so it lines up
 block-for-block with ``grouped_.X`` / ``grouped_.Xz`` (one column chunk) in a later
-``map_blocks``. It is persisted (on the cluster when a client is active) and cached on the
-model, keyed by ``(kind, strategy.name, id(type(strategy)), frozen params, columns)``; a
-second call with the same key returns the cached array without running ``prepare``.
+``map_blocks``. It is persisted (on the cluster, when the grouped data is) and cached on the
+:class:`~hvrt_dask.hvrt.partitioned.PartitionedData`, keyed by ``(kind, strategy.name,
+id(type(strategy)), frozen params, columns)``; a second call with the same key returns the
+cached array without running ``prepare``. In-memory data is prepared on threads, one task
+per chunk.
 """
 
 from __future__ import annotations
@@ -72,14 +74,14 @@ def context_key(kind: str, strategy: Any, params: Mapping[str, Any], columns: st
 
 
 def chunk_contexts(
-    model: Any, kind: str, strategy: Any, params: Mapping[str, Any], columns: str
+    data: Any, kind: str, strategy: Any, params: Mapping[str, Any], columns: str
 ) -> ContextEntry:
-    """Build (or fetch from the model's cache) one prepared context per chunk.
+    """Build (or fetch from ``data.cache``) one prepared context per chunk.
 
     Parameters
     ----------
-    model : fitted estimator
-        Must have ``grouped_`` and a ``_context_cache_`` dict.
+    data : PartitionedData
+        The grouped rows; owns the cache.
     kind : str
         Namespace of the cache (``"generate"``, ``"select"``, ...).
     strategy : object
@@ -92,37 +94,35 @@ def chunk_contexts(
     if columns not in COLUMNS:
         raise ValueError(f"columns must be one of {COLUMNS}, got {columns!r}")
     key = context_key(kind, strategy, params, columns)
-    cache: dict = model._context_cache_
+    cache: dict = data.cache
     if key in cache:
         return cache[key]
-    g = model.grouped_
-    cols = g.cont_cols if columns == "continuous" else None
+    cols = data.cont_cols if columns == "continuous" else None
     params = dict(params)
-    nb = g.n_chunks
-    if g.local is not None:
-        from hvrt_dask.hvrt._layout import map_local
+    nb = data.n_chunks
+    if data.local is not None:
 
         def prep(c: int) -> Any:
-            Z = g.local["Xz"][c]
+            Z = data.local["Xz"][c]
             Zc = Z if cols is None else np.ascontiguousarray(Z[:, cols])
-            return strategy.prepare(Zc, g.tables[c], params)
+            return strategy.prepare(Zc, data.tables[c], params)
 
-        local = map_local(prep, nb, sum(t.n_rows for t in g.tables))
+        local = data.chunk_map(prep)
         arr = np.empty((nb, 1), dtype=object)
         for c, ctx in enumerate(local):
             arr[c, 0] = ctx
         entry = ContextEntry(da.from_array(arr, chunks=(1, 1), name=False), local)
     else:
-        arr = g.Xz.map_blocks(
+        arr = data.Xz.map_blocks(
             _prepare_block,
             strategy,
             params,
-            list(g.tables),
+            list(data.tables),
             cols,
             dtype=object,
             chunks=((1,) * nb, (1,)),
             meta=np.empty((0, 0), dtype=object),
         )
-        entry = ContextEntry(arr.persist())
+        entry = ContextEntry(arr.persist() if data.persisted else arr)
     cache[key] = entry
     return entry

@@ -1,87 +1,51 @@
-"""Partitions become chunks: group rows by partition with a Dask shuffle (a take).
+"""Partitions become chunks: per-chunk summaries, packing from counts, a P2P shuffle.
 
 Partitions are packed, in sorted partition-id order, into chunks of at most
 ``hvrt.chunks.target-rows`` rows (a partition larger than that gets a chunk of its own).
 Inside a chunk, partitions are contiguous and in sorted-id order, and a partition's rows
 keep their original relative order. So the concatenation of all chunks is the same
-"canonical" row order whatever the chunk size — which is what makes generated output
-independent of chunking.
+"canonical" row order whatever the chunk size or the input chunking — which is what makes
+generated output independent of chunking.
+
+For data on a cluster nothing per row reaches the client:
+
+1. every input chunk summarises its rows (:func:`chunk_summary`): row count and an
+   *exact* |z| sum per partition — O(input chunks × partitions) numbers in all;
+2. :func:`plan` derives partition sizes, the packing, every output chunk's size and the
+   canonical position of the first row of each (input chunk, partition) from those counts;
+3. every input chunk then tags each row with its canonical position and destination chunk
+   (:func:`route_block`) and Dask's P2P shuffle moves the rows (:func:`shuffle_rows`);
+   each output chunk places its rows by position (:func:`unpack_block`). The graph has
+   O(input chunks + output chunks) tasks and no per-row data.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import operator
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
 from hvrt_dask import config
+from hvrt_dask.hvrt import _tree
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 
-
-@dataclass
-class GroupedData:
-    """Training rows grouped so that each partition lies inside one chunk.
-
-    Attributes
-    ----------
-    X : dask array, float64, shape (n, d)
-        Raw values (original units and column order; categorical codes), grouped rows.
-    Xz : dask array, float64, shape (n, d)
-        z-space, columns ``[continuous | categorical]``, same row chunks as ``X``.
-    rows : dask array, int64, shape (n,)
-        Original 0-based global row index of every grouped row.
-    tables : list of ChunkPartitions
-        One per chunk.
-    cont_cols : ndarray of int
-        Indices of the continuous columns inside ``Xz`` (``0..d_cont-1``).
-    part_chunk : ndarray of int64
-        For each entry of ``unique_partitions_``, the chunk holding it.
-    part_index : list of ndarray
-        For each chunk, the positions (in ``unique_partitions_``) of its partitions.
-    """
-
-    X: da.Array
-    Xz: da.Array
-    rows: da.Array
-    tables: list[ChunkPartitions]
-    cont_cols: np.ndarray
-    part_chunk: np.ndarray
-    part_index: list[np.ndarray] = field(default_factory=list)
-    local: dict[str, list[np.ndarray]] | None = None  # numpy blocks for in-memory inputs
-
-    @property
-    def n_chunks(self) -> int:
-        return len(self.tables)
-
-    @property
-    def row_chunks(self) -> tuple[int, ...]:
-        return tuple(int(t.n_rows) for t in self.tables)
-
-
-LOCAL_MIN_ROWS = 5000  # below this, one chunk: thread start-up costs more than it saves
-LOCAL_PARALLEL_ROWS = 50_000  # in-memory work of at least this many rows runs chunks on threads
-
-
-def map_local(fn: Callable[[int], Any], n_items: int, rows: int) -> list[Any]:
-    """``[fn(i) for i in range(n_items)]``, on a thread pool when the work is large.
-
-    numpy releases the GIL in the random fills, ufuncs and gathers the strategies spend
-    their time in, so chunks run in parallel on threads without copying data.
-    """
-    workers = min(n_items, os.cpu_count() or 1)
-    if workers < 2 or rows < LOCAL_PARALLEL_ROWS:
-        return [fn(i) for i in range(n_items)]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, range(n_items)))
+LOCAL_MIN_ROWS = 5000  # below this, one in-memory chunk: thread start-up costs more than it saves
+_LO_BITS = 26  # mantissas split in 27 + 26 bits: float64 bincount sums stay exact to 2**26 rows
+_MAX_EXACT_ROWS = 2**26
 
 
 def target_rows() -> int:
     return int(config.get("chunks.target-rows", 100_000))
+
+
+def max_summary_bytes() -> int:
+    return int(config.get("chunks.max-summary-bytes", 2**30))
 
 
 def pack_partitions(sizes: np.ndarray, target: int) -> list[np.ndarray]:
@@ -103,104 +67,321 @@ def pack_partitions(sizes: np.ndarray, target: int) -> list[np.ndarray]:
     return groups
 
 
-def _wrap_blocks(blocks: list[np.ndarray], prefix: str) -> da.Array:
-    """A dask array over existing numpy blocks (one per chunk) without copying them."""
-    import uuid
+# ----------------------------------------------------------------------------- summaries
+@dataclass(frozen=True)
+class ChunkSummary:
+    """What one input chunk tells the client: O(partitions) numbers, nothing per row.
 
-    name = f"{prefix}-{uuid.uuid4().hex}"
-    first = blocks[0]
-    if first.ndim == 1:
-        dsk = {(name, i): b for i, b in enumerate(blocks)}
-        chunks = (tuple(len(b) for b in blocks),)
-    else:
-        dsk = {(name, i, 0): b for i, b in enumerate(blocks)}
-        chunks = (tuple(len(b) for b in blocks), (first.shape[1],))
-    return da.Array(dsk, name, chunks=chunks, dtype=first.dtype)
+    Attributes
+    ----------
+    counts : ndarray of int64, shape (L,)
+        Rows per tree leaf (all leaves of the tree, in sorted id order).
+    keys, hi, lo : ndarray of int64
+        Exact |z| sums as integer mantissa sums per (leaf, binary exponent) bucket:
+        ``key = leaf_pos * n_exp + (exp - exp_min)``; value ``(hi << 26) + lo`` times
+        ``2 ** exp``. Exact, so the combined sum does not depend on the chunking.
+    exp_min, n_exp : int
+    nonfinite : ndarray of bool, shape (d,)
+        Columns holding NaN or inf in this chunk.
+    """
+
+    counts: np.ndarray
+    keys: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    exp_min: int
+    n_exp: int
+    nonfinite: np.ndarray
 
 
-def group_rows(
-    X: Any,
-    leaves: np.ndarray,
-    unique: np.ndarray,
-    sizes: np.ndarray,
-    to_z: Callable[[np.ndarray], np.ndarray],
-    cont_cols: np.ndarray,
-    target: int | None = None,
-    persist: bool = False,
-    store_dtype: np.dtype | None = None,
-) -> GroupedData:
-    """Group the rows of ``X`` (numpy or dask) by partition into partition-aligned chunks.
+def _exact_sums(pos: np.ndarray, v: np.ndarray, n_leaves: int):
+    """Integer mantissa sums of ``v >= 0`` per (pos, exponent) bucket (see ChunkSummary)."""
+    mant, exp = np.frexp(v)
+    m = np.ldexp(mant, 53).astype(np.int64)  # exact: v == m * 2**(exp - 53)
+    e = exp.astype(np.int64) - 53
+    if len(e) == 0:
+        z = np.empty(0, dtype=np.int64)
+        return z, z, z, 0, 1
+    e_min = int(e.min())
+    n_exp = int(e.max()) - e_min + 1
+    key = pos * n_exp + (e - e_min)
+    n_keys = n_leaves * n_exp
+    hi = np.zeros(n_keys, dtype=np.int64)
+    lo = np.zeros(n_keys, dtype=np.int64)
+    for a in range(0, len(v), _MAX_EXACT_ROWS):  # float64 bincount sums stay exact per slice
+        s = slice(a, a + _MAX_EXACT_ROWS)
+        hi += np.bincount(key[s], weights=(m[s] >> _LO_BITS), minlength=n_keys).astype(np.int64)
+        lo += np.bincount(key[s], weights=(m[s] & ((1 << _LO_BITS) - 1)), minlength=n_keys).astype(np.int64)
+    nz = np.flatnonzero(hi | lo)
+    return nz.astype(np.int64), hi[nz], lo[nz], e_min, n_exp
+
+
+def leaf_absz(block: np.ndarray, tree: Any, transform: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Leaf id and mean |z| of every row of one raw block."""
+    Z = transform(block)
+    return _tree.apply_block(Z, tree), np.abs(Z).mean(axis=1)
+
+
+def chunk_summary(
+    block: np.ndarray, tree: Any, transform: Any, leaf_ids: np.ndarray, check_finite: bool = False
+) -> ChunkSummary:
+    """Counts and exact |z| sums per leaf for one input chunk (runs on a worker)."""
+    block = np.asarray(block, dtype=np.float64)
+    nonfinite = ~np.isfinite(block).all(axis=0) if check_finite else np.zeros(block.shape[1], dtype=bool)
+    if nonfinite.any():  # the client raises naming the columns; no leaf work on bad rows
+        z = np.empty(0, dtype=np.int64)
+        return ChunkSummary(np.zeros(len(leaf_ids), dtype=np.int64), z, z, z, 0, 1, nonfinite)
+    leaves, absz = leaf_absz(block, tree, transform)
+    return summarize(np.searchsorted(leaf_ids, leaves), absz, len(leaf_ids), nonfinite)
+
+
+def summarize(pos: np.ndarray, absz: np.ndarray, n_leaves: int, nonfinite: np.ndarray | None = None) -> ChunkSummary:
+    """The :class:`ChunkSummary` of rows with leaf positions ``pos`` and mean |z| ``absz``."""
+    counts = np.bincount(pos, minlength=n_leaves).astype(np.int64)
+    keys, hi, lo, e_min, n_exp = _exact_sums(pos, absz, n_leaves)
+    return ChunkSummary(counts, keys, hi, lo, e_min, n_exp, np.zeros(0, dtype=bool) if nonfinite is None else nonfinite)
+
+
+def exact_abs_sums(summaries: list[ChunkSummary], n_leaves: int) -> np.ndarray:
+    """Correctly rounded |z| sum per leaf over all chunks (independent of the chunking)."""
+    exps = [s.exp_min for s in summaries if len(s.keys)]
+    if not exps:
+        return np.zeros(n_leaves)
+    base = min(exps)
+    total = [0] * n_leaves
+    for s in summaries:
+        if not len(s.keys):
+            continue
+        leaf, e = np.divmod(s.keys, s.n_exp)
+        vals = (s.hi << _LO_BITS) + s.lo
+        for p, ee, v in zip(leaf.tolist(), (e + s.exp_min - base).tolist(), vals.tolist()):
+            total[p] += v << ee
+    scale = Fraction(2) ** base
+    return np.array([float(t * scale) for t in total], dtype=np.float64)
+
+
+def check_summary_size(n_chunks: int, n_leaves: int) -> None:
+    """Refuse layouts whose per-(chunk, partition) summary would itself be too large."""
+    # counts + starts (8 B each) + a few exact-sum buckets (24 B each): 65 B of summary per
+    # cell measured at 1M-row chunks and 1500 partitions
+    est = 80 * int(n_chunks) * int(n_leaves)
+    limit = max_summary_bytes()
+    if est > limit:
+        raise ValueError(
+            f"the per-(input chunk, partition) summary would take about {est / 2**30:.2f} GiB "
+            f"({n_chunks} input chunks x {n_leaves} partitions), over "
+            f"hvrt.chunks.max-summary-bytes = {limit}: use larger input chunks (rechunk X), "
+            f"fewer partitions (n_partitions=...), or raise hvrt.chunks.max-summary-bytes"
+        )
+
+
+# --------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Plan:
+    """The layout derived from counts alone.
+
+    Attributes
+    ----------
+    unique, sizes : ndarray of int64
+        Sorted ids of the non-empty partitions and their sizes.
+    groups : list of ndarray
+        Per output chunk, the positions (in ``unique``) of its partitions.
+    tables : list of ChunkPartitions
+    bounds : ndarray of int64, shape (n_chunks + 1,)
+        Canonical row offset of every output chunk.
+    starts : ndarray of int64, shape (n_input_chunks, L) or None
+        Canonical position of the first row of each (input chunk, tree leaf).
+    """
+
+    unique: np.ndarray
+    sizes: np.ndarray
+    groups: list[np.ndarray]
+    tables: list[ChunkPartitions]
+    bounds: np.ndarray
+    starts: np.ndarray | None
+
+
+def plan(counts: np.ndarray, leaf_ids: np.ndarray, target: int) -> Plan:
+    """Pack partitions into output chunks from per-(input chunk, leaf) counts.
 
     Parameters
     ----------
-    X : ndarray or dask array, shape (n, d)
-        Raw float64 values, one column chunk.
-    leaves : ndarray of int64, shape (n,)
-        Partition id of every row.
-    unique, sizes : ndarray
-        Sorted partition ids and their sizes.
-    to_z : callable
-        Block-wise transform raw → z-space ``[continuous | categorical]``.
-    target : int, optional
-        Rows per chunk (default ``hvrt.chunks.target-rows``).
-    persist : bool
-        Persist the grouped arrays (when a distributed client is active).
-    store_dtype : numpy dtype, optional
-        Keep the persisted raw chunks in this (narrower, lossless) dtype, e.g. float32 for
-        float32 input; ``X`` is still exposed as float64.
+    counts : ndarray of int64, shape (n_input_chunks, L)
+    leaf_ids : ndarray of int64, shape (L,)
+        Sorted tree leaf ids (columns of ``counts``).
+    target : int
+        Rows per output chunk (``hvrt.chunks.target-rows``).
     """
-    target = target_rows() if target is None else int(target)
-    if not isinstance(X, da.Array) and target > 0:
-        # In memory, chunks are the unit of thread parallelism: give every core a chunk
-        # (results do not depend on the chunking).
-        target = min(target, max(LOCAL_MIN_ROWS, -(-len(leaves) // (os.cpu_count() or 1))))
-    pos = np.searchsorted(unique, leaves)
-    order = np.argsort(pos, kind="stable").astype(np.int64)  # canonical order
+    counts = np.asarray(counts, dtype=np.int64)
+    total = counts.sum(axis=0)
+    present = np.flatnonzero(total)
+    unique, sizes = np.asarray(leaf_ids, dtype=np.int64)[present], total[present]
     groups = pack_partitions(sizes, target)
-    chunk_sizes = [int(sizes[g].sum()) for g in groups]
     tables = [ChunkPartitions.from_sizes(unique[g], sizes[g]) for g in groups]
-    part_chunk = np.empty(len(unique), dtype=np.int64)
-    for c, g in enumerate(groups):
-        part_chunk[g] = c
-    bounds = np.concatenate([[0], np.cumsum(chunk_sizes)]).astype(np.int64)
+    bounds = np.concatenate([[0], np.cumsum([t.n_rows for t in tables])]).astype(np.int64)
+    part_start = np.zeros(len(leaf_ids), dtype=np.int64)  # canonical offset of each leaf
+    part_start[present] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    starts = part_start + np.cumsum(counts, axis=0) - counts  # rows of earlier input chunks
+    return Plan(unique, sizes, [np.asarray(g, dtype=np.int64) for g in groups], tables, bounds, starts)
 
-    if isinstance(X, da.Array):
-        # A fancy-index take with the canonical order (dask plans it as a shuffle), then
-        # exact partition-aligned row chunks. ``da.shuffle`` with per-chunk groups was
-        # measured to be as fast but fails on groups larger than an input chunk
-        # (it splits columns and then mis-indexes) in dask 2026.8.0.
-        Xg = X[order].rechunk({0: tuple(chunk_sizes), 1: -1})
-        rows = da.from_array(order, chunks=(tuple(chunk_sizes),))
-        local = None
-        narrow = store_dtype is not None and np.dtype(store_dtype) != np.float64
-        if narrow:
-            Xg = Xg.astype(store_dtype)
-        if persist:
-            Xg, rows = dask.persist(Xg, rows)
-        if narrow:  # exact: the values came from this dtype
-            Xg = Xg.astype(np.float64)
-        # z-space is derived block-wise from the persisted raw chunks on demand, rather than
-        # persisted too: it is one cheap affine map, and keeping it would double the memory.
-        Xz = Xg.map_blocks(to_z, dtype=np.float64)
-    else:
-        Xs = np.asarray(X)[order]
-        Zs = to_z(Xs)
-        blocks = [(bounds[c], bounds[c + 1]) for c in range(len(groups))]
-        local = {
-            "X": [Xs[a:b] for a, b in blocks],
-            "Xz": [Zs[a:b] for a, b in blocks],
-            "rows": [order[a:b] for a, b in blocks],
-        }
-        Xg = _wrap_blocks(local["X"], "hvrt-grouped-X")
-        Xz = _wrap_blocks(local["Xz"], "hvrt-grouped-Xz")
-        rows = _wrap_blocks(local["rows"], "hvrt-grouped-rows")
-    return GroupedData(
-        X=Xg,
-        Xz=Xz,
-        rows=rows,
-        tables=tables,
-        cont_cols=np.asarray(cont_cols, dtype=np.int64),
-        part_chunk=part_chunk,
-        part_index=[np.asarray(g, dtype=np.int64) for g in groups],
-        local=local,
+
+# ------------------------------------------------------------------------------ shuffle
+def _xcols(d: int) -> list[str]:
+    return [f"x{j}" for j in range(d)]
+
+
+_KEYS = ["_partitions", "pos"]
+
+
+def route_block(
+    block: np.ndarray,
+    starts: np.ndarray,
+    tree: Any,
+    transform: Any,
+    leaf_ids: np.ndarray,
+    bounds: np.ndarray,
+) -> np.ndarray:
+    """One input chunk as rows of (destination chunk, canonical position, row, values).
+
+    Rows of a partition get consecutive canonical positions in original order, starting
+    at ``starts[0, 1 + leaf]`` (that partition's rows in earlier input chunks come first);
+    ``starts[0, 0]`` is the global row number of the chunk's first row.
+    The integer keys are exact in float64 (< 2**53); :func:`place_rows` restores the dtypes.
+    """
+    block = np.asarray(block, dtype=np.float64)
+    leaves, _ = leaf_absz(block, tree, transform)
+    pos = np.searchsorted(leaf_ids, leaves)
+    order = np.argsort(pos, kind="stable")
+    sp = pos[order]
+    counts = np.bincount(sp, minlength=len(leaf_ids))
+    rank = np.arange(len(sp), dtype=np.int64) - (np.cumsum(counts) - counts)[sp]
+    canon = starts[0, 1:][sp] + rank
+    out = np.empty((len(sp), 3 + block.shape[1]), dtype=np.float64)
+    out[:, 0] = np.searchsorted(bounds, canon, side="right") - 1
+    out[:, 1] = canon
+    out[:, 2] = starts[0, 0] + order
+    out[:, 3:] = block[order]
+    return out
+
+
+def _typed(df: Any, dtypes: dict[str, Any]) -> Any:
+    return df.astype(dtypes)
+
+
+def unpack_block(df: Any, bounds: np.ndarray, partition_info: dict | None = None) -> Any:
+    """One output chunk with its rows placed at their canonical positions (checked)."""
+    c = int(partition_info["number"])
+    start, size = int(bounds[c]), int(bounds[c + 1] - bounds[c])
+    loc = df["pos"].to_numpy(dtype=np.int64) - start
+    take = np.full(size, -1, dtype=np.int64)
+    ok = len(loc) == size and (loc >= 0).all() and (loc < size).all()
+    if ok:
+        take[loc] = np.arange(size)
+        ok = bool((take >= 0).all())
+    if not ok:
+        raise RuntimeError(
+            f"output chunk {c} received {len(loc)} rows for {size} canonical positions: the "
+            f"input changed between the counting pass and the shuffle (is it deterministic?)"
+        )
+    return df.iloc[take].drop(columns=[k for k in ("_partitions", "pos") if k in df.columns])
+
+
+def place_rows(keyed: da.Array, bounds: np.ndarray, dtypes: dict[str, Any], method: str) -> da.Array:
+    """Move rows to the output chunks given by their keys with Dask's shuffle.
+
+    ``keyed`` holds, per row, ``[destination chunk, position, *payload]`` (float64; integers
+    exact below 2**53). Output chunk ``c`` holds positions ``bounds[c]:bounds[c + 1]`` in
+    order. ``dtypes`` names the payload columns and the dtypes they travel in. Returns the
+    payload as one float64 dask array with exactly those row chunks (one conversion, so
+    the shuffle appears once in the graph).
+    """
+    import dask.dataframe as dd
+    from dask.dataframe.dask_expr import new_collection
+    from dask.dataframe.dask_expr._shuffle import Shuffle
+
+    frame = dd.from_dask_array(keyed, columns=_KEYS + list(dtypes))
+    dtypes = {"_partitions": np.int64, "pos": np.int64, **dtypes}
+    frame = frame.map_partitions(_typed, dtypes, meta=_typed(frame._meta, dtypes))
+    # The destination chunk id *is* the output partition (no hashing): the low-level
+    # shuffle expression that set_index/shuffle lower to, with that column given directly.
+    shuffled = new_collection(Shuffle(frame.expr, "_partitions", len(bounds) - 1, True, method))
+    placed = shuffled.map_partitions(unpack_block, bounds, meta=frame._meta.drop(columns=_KEYS))
+    return placed.astype(np.float64).to_dask_array(lengths=tuple(np.diff(bounds).tolist()))
+
+
+def shuffle_rows(
+    values: da.Array,
+    tree: Any,
+    transform: Any,
+    leaf_ids: np.ndarray,
+    layout: Plan,
+    store_dtype: np.dtype,
+    method: str,
+) -> tuple[da.Array, da.Array]:
+    """Group the rows of ``values`` into the planned output chunks with a Dask shuffle.
+
+    Returns the grouped raw values (``store_dtype``) and original global row numbers.
+    ``method`` is ``"p2p"`` (distributed's peer-to-peer shuffle; needs a client) or
+    ``"tasks"``.
+    """
+    d = int(values.shape[1])
+    row0 = np.concatenate([[0], np.cumsum(values.chunks[0])]).astype(np.int64)
+    # Each task gets only its own row of starts (one block per input chunk).
+    starts = da.from_array(np.column_stack([row0[:-1], layout.starts]), chunks=(1, -1), name=False)
+    # A fresh name per call: every key downstream (the shuffle's id included) is unique, so
+    # two groupings of the same data never share keys on the scheduler.
+    keyed = da.blockwise(
+        route_block, "ij", values, "ij", starts, "ik", tree, None, transform, None, leaf_ids, None,
+        layout.bounds, None, concatenate=True, align_arrays=False, adjust_chunks={"j": 3 + d}, dtype=np.float64,
+        meta=np.empty((0, 0)), name=f"hvrt-route-{uuid.uuid4().hex}",
     )
+    placed = place_rows(keyed, layout.bounds, {"row": np.int64, **{c: store_dtype for c in _xcols(d)}}, method)
+    return placed[:, 1:].astype(store_dtype), placed[:, 0].astype(np.int64)
+
+
+def expand_permutation(seed: int, call: int, n: int) -> np.ndarray:
+    """Where each canonical output row of one ``expand`` call goes (``hvrt.expand.shuffle: global``)."""
+    from hvrt_dask._seeding import generator
+
+    return generator(seed, "expand-shuffle", call).permutation(n)
+
+
+def _key_permuted(block: np.ndarray, dest: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    out = np.empty((len(block), 2 + block.shape[1]), dtype=np.float64)
+    out[:, 0] = np.searchsorted(bounds, dest, side="right") - 1
+    out[:, 1] = dest
+    out[:, 2:] = block
+    return out
+
+
+def permute_rows(arr: da.Array, seed: int, call: int, chunk_rows: int, method: str) -> da.Array:
+    """``arr[inv]`` with ``inv`` the inverse of ``generator(seed, "expand-shuffle", call).permutation(n)``.
+
+    Row ``i`` goes to position ``perm[i]``. The permutation is drawn by one task on a
+    worker (8 bytes per row there, nothing on the client) and the rows move with Dask's
+    shuffle into chunks of ``chunk_rows`` rows.
+    """
+    n, d = int(arr.shape[0]), int(arr.shape[1])
+    # One task draws the permutation; one slicing task per block of ``arr`` (a hand-built
+    # graph: two layers, O(blocks) keys).
+    token = dask.base.tokenize(seed, call, n, arr.chunks[0])
+    name, src = f"hvrt-expand-permutation-{token}", ("hvrt-expand-permutation-source-" + token,)
+    edges = np.concatenate([[0], np.cumsum(arr.chunks[0])]).astype(np.int64)
+    dsk: dict = {src: (expand_permutation, int(seed), int(call), n)}
+    for i in range(len(arr.chunks[0])):
+        dsk[(name, i)] = (operator.getitem, src, slice(int(edges[i]), int(edges[i + 1])))
+    return scatter_rows(arr, da.Array(dsk, name, chunks=(arr.chunks[0],), dtype=np.int64), chunk_rows, method)
+
+
+def scatter_rows(arr: da.Array, dest: da.Array, chunk_rows: int, method: str) -> da.Array:
+    """``out[dest[i]] = arr[i]`` for a permutation ``dest`` (same row chunks as ``arr``).
+
+    The rows move with Dask's shuffle into float64 chunks of ``chunk_rows`` rows; nothing per
+    row reaches the client.
+    """
+    n, d = int(arr.shape[0]), int(arr.shape[1])
+    bounds = np.unique(np.append(np.arange(0, n, max(1, int(chunk_rows)), dtype=np.int64), n))
+    keyed = da.blockwise(_key_permuted, "ij", arr.rechunk({1: -1}), "ij", dest, "i", bounds, None,
+                         adjust_chunks={"j": 2 + d}, dtype=np.float64, meta=np.empty((0, 0)),
+                         name=f"hvrt-scatter-{uuid.uuid4().hex}")
+    return place_rows(keyed, bounds, {c: np.float64 for c in _xcols(d)}, method)

@@ -18,29 +18,7 @@ from sklearn.base import BaseEstimator
 
 from hvrt_dask import _seeding
 from hvrt_dask.hvrt import _input, _targets, _tree
-from hvrt_dask.hvrt._contexts import chunk_contexts
-from hvrt_dask.hvrt._layout import GroupedData, group_rows
-
-try:  # the reduce engineer's mixin; an empty base until that module exists
-    from hvrt_dask.hvrt.reduce import ReduceMixin
-except ImportError:  # pragma: no cover - depends on the other module being present
-
-    class ReduceMixin:  # type: ignore[no-redef]
-        """Placeholder until :mod:`hvrt_dask.hvrt.reduce` provides ``reduce()``."""
-
-
-def _active_client():
-    """The distributed client that will run computations, or None."""
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        return None
-    sched = dask.config.get("scheduler", None)
-    if sched not in (None, "dask.distributed", "distributed"):
-        return None
-    return client
+from hvrt_dask.hvrt.partitioned import PartitionedData, partition
 
 
 def _col_names(spec: _input.InputSpec, idx) -> list[str]:
@@ -75,7 +53,7 @@ class _Transform:
         return Z
 
 
-class _HVRTBase(ReduceMixin, BaseEstimator):
+class _HVRTBase(BaseEstimator):
     """Shared implementation; subclasses set ``_target``.
 
     Parameters
@@ -228,28 +206,12 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
             )
         tree = _tree.fit_tree(Zs, t, params, spec_t.criterion, self.tree_splitter, seed)
 
-        # Leaf of every row, and each row's mean |z| (for variance-weighted budgets).
-        if sample_idx is None:
-            leaves = _tree.apply_block(Zs, tree)
-            absz = np.abs(Zs).mean(axis=1)
-        else:
-            def _leaf_absz(block, tree=tree, tf=transform):
-                Z = tf(block)
-                return np.column_stack([_tree.apply_block(Z, tree).astype(np.float64), np.abs(Z).mean(axis=1)])
-
-            src = values if lazy else da.from_array(values, chunks=(max(1, _layout_rows()), -1), name=False)
-            la = src.map_blocks(_leaf_absz, dtype=np.float64, chunks=(src.chunks[0], (2,))).compute()
-            leaves, absz = la[:, 0].astype(np.int64), la[:, 1]
-        unique = np.unique(leaves).astype(np.int64)
-        pos = np.searchsorted(unique, leaves)
-        sizes = np.bincount(pos, minlength=len(unique)).astype(np.int64)
-        mean_abs_z = np.bincount(pos, weights=absz, minlength=len(unique)) / sizes
-
-        persist = lazy and _active_client() is not None
+        # Leaf of every row, counts, mean |z| and the grouping: on the workers for dask input
+        # (the client sees per-chunk counts only), in memory for numpy input.
         dts = set(spec.dtypes)
         store = next(iter(dts)) if len(dts) == 1 and next(iter(dts)) in (np.float32, np.float16) else None
-        grouped = group_rows(values, leaves, unique, sizes, transform, np.arange(len(cont)), persist=persist,
-                             store_dtype=store)
+        grouped = partition(values, tree, transform, np.arange(len(cont)), columns=spec.columns,
+                            check_finite=False, store_dtype=store)
 
         # ---- fitted state
         self.random_state_ = seed
@@ -261,18 +223,17 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
         self.tree_ = tree
         self.tree_params_ = params
         self.tree_sample_size_ = int(params.sample_size)
-        self.unique_partitions_ = unique
-        self.n_partitions_ = int(len(unique))
-        self.partition_sizes_ = sizes
-        self.partition_mean_abs_z_ = mean_abs_z.astype(np.float64)
+        self.unique_partitions_ = grouped.unique
+        self.n_partitions_ = int(len(grouped.unique))
+        self.partition_sizes_ = grouped.sizes
+        self.partition_mean_abs_z_ = grouped.mean_abs_z
         self.n_samples_ = n
         self.center_ = center
         self.scale_ = scale
         self.data_min_ = np.asarray(lo, dtype=np.float64)
         self.data_max_ = np.asarray(hi, dtype=np.float64)
         self.transform_ = transform
-        self.grouped_: GroupedData = grouped
-        self._context_cache_: dict = {}
+        self.grouped_: PartitionedData = grouped
         self._call_counters_: dict[str, int] = {}
         return self
 
@@ -306,7 +267,7 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
     def _chunk_contexts(self, kind: str, strategy: Any, params: Mapping[str, Any], columns: str) -> da.Array:
         """Per-chunk prepared contexts (dask object array, shape (n_chunks, 1)); cached."""
         self._check_fitted()
-        return chunk_contexts(self, kind, strategy, params, columns).array
+        return self.grouped_.contexts(kind, strategy, params, columns).array
 
     def _to_output(self, arr: Any, columns: Any = None, output: str | os.PathLike | None = None) -> Any:
         """Convert a result in original units to the input's kind (or write it to Zarr)."""
@@ -350,17 +311,33 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
             clip=clip, X=X, output=output, strategy_params=strategy_params,
         )
 
+    # ------------------------------------------------------------------ reduce
+    def reduce(
+        self,
+        n: int | None = None,
+        ratio: float | None = None,
+        method: Any = None,
+        variance_weighted: bool | str | None = None,
+        return_indices: bool = False,
+        X: Any = None,
+        output: str | os.PathLike | None = None,
+        min_samples_per_partition: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Select a representative subset of the rows; see :func:`hvrt_dask.hvrt.reduce.reduce`."""
+        from hvrt_dask.hvrt.reduce import reduce
+
+        return reduce(
+            self, n=n, ratio=ratio, method=method, variance_weighted=variance_weighted,
+            return_indices=return_indices, X=X, output=output,
+            min_samples_per_partition=min_samples_per_partition, params=params,
+        )
+
     def augment(self, n: int, variance_weighted: bool | str = False, **kwargs: Any) -> Any:
         """Training rows followed by ``n − n_train`` synthetic rows (``n`` is the total)."""
         from hvrt_dask.hvrt.expand import augment
 
         return augment(self, n, variance_weighted=variance_weighted, **kwargs)
-
-
-def _layout_rows() -> int:
-    from hvrt_dask.hvrt._layout import target_rows
-
-    return target_rows()
 
 
 class HVRT(_HVRTBase):

@@ -11,7 +11,8 @@
 6. Shuffle: the grouped output is in canonical (sorted partition id) order whatever the
    chunking; a seeded permutation keyed by ``(seed, "expand-shuffle", call)`` then fixes
    the row order. ``hvrt.expand.shuffle: global`` (default) applies one global permutation
-   (in memory, or a dask fancy-index shuffle for lazy output), which makes the output
+   (in memory a scatter; for lazy output the permutation is drawn by one worker task and
+   the rows move with Dask's P2P shuffle, nothing per row on the client), which makes the output
    bit-identical across chunkings. ``blocks`` permutes rows inside each chunk and then the
    chunk order — no data movement, but the order then depends on the chunk layout.
 
@@ -33,12 +34,11 @@ import numpy as np
 
 from hvrt_dask import config
 from hvrt_dask._seeding import generator
-from hvrt_dask.hvrt import _input
 from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
-from hvrt_dask.hvrt._contexts import chunk_contexts
-from hvrt_dask.hvrt._layout import map_local
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
+from hvrt_dask.hvrt._layout import expand_permutation, permute_rows, target_rows
+from hvrt_dask.hvrt.partitioned import active_client, external
 
 _NAMED_BW = ("scott", "silverman")
 SHUFFLE_MODES = ("global", "blocks", "none")
@@ -162,30 +162,6 @@ def _gen_block(Xraw, ctxs, strategy, budgets, tables, seed, call, post, block_id
     return _gen_chunk(Xraw, ctxs[0, 0], strategy, budgets[c], tables[c], seed, call, post)
 
 
-class _External:
-    """A throw-away, uncached view of external data ``X`` grouped by the fitted tree."""
-
-    def __init__(self, model: Any, X: Any) -> None:
-        from hvrt_dask.hvrt._layout import group_rows
-        from hvrt_dask.hvrt._tree import apply_block
-
-        values = _input.coerce_like(X, model.input_spec_)
-        if isinstance(values, da.Array):
-            values = values.compute()  # external data for expand is expected to be modest
-        if not np.isfinite(values).all():
-            raise ValueError("X contains NaN or infinite values")
-        Z = model.transform_(values)
-        leaves = apply_block(Z, model.tree_)
-        unique = np.unique(leaves)
-        pos = np.searchsorted(unique, leaves)
-        sizes = np.bincount(pos).astype(np.int64)
-        self.partition_sizes_ = sizes
-        self.partition_mean_abs_z_ = np.bincount(pos, weights=np.abs(Z).mean(axis=1)) / sizes
-        self.continuous_mask_ = model.continuous_mask_
-        self.grouped_ = group_rows(values, leaves, unique, sizes, model.transform_, model.grouped_.cont_cols)
-        self._context_cache_: dict = {}
-
-
 def expand_raw(
     model: Any,
     n: int,
@@ -206,12 +182,11 @@ def expand_raw(
     shuffle = str(config.get("expand.shuffle", "global"))
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"hvrt.expand.shuffle must be one of {SHUFFLE_MODES}, got {shuffle!r}")
-    src = model if X is None else _External(model, X)
-    g = src.grouped_
-    budgets = expand_budgets(src.partition_sizes_, n, src.partition_mean_abs_z_, variance_weighted)
+    g = model.grouped_ if X is None else external(model, X)
+    budgets = expand_budgets(g.sizes, n, g.mean_abs_z, variance_weighted)
     call = model._next_call("expand")
     seed = int(model.random_state_)
-    entry = chunk_contexts(src, "generate", strategy, params, "continuous")
+    entry = g.contexts("generate", strategy, params, "continuous")
 
     spec = model.input_spec_
     cont = np.flatnonzero(model.continuous_mask_)
@@ -227,7 +202,7 @@ def expand_raw(
     if g.local is not None:
         # Canonical row i goes to position dest[i]: one scatter per chunk, no concatenate.
         # Chunks run on threads for large outputs; each writes disjoint rows of ``out``.
-        dest = generator(seed, "expand-shuffle", call).permutation(n) if shuffle == "global" else None
+        dest = expand_permutation(seed, call, n) if shuffle == "global" else None
         out = np.empty((n, spec.n_features), dtype=np.float64)
         offsets = np.concatenate([[0], np.cumsum(totals)]).astype(np.int64)
 
@@ -242,7 +217,7 @@ def expand_raw(
                 return part
             return None
 
-        parts = map_local(run, g.n_chunks, n)
+        parts = g.chunk_map(run, n)
         if shuffle == "blocks":
             order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
             out = np.concatenate([parts[c] for c in order], axis=0)
@@ -251,11 +226,9 @@ def expand_raw(
         _gen_block, g.X, entry.array, strategy, chunk_budgets, list(g.tables), seed, call, post,
         dtype=np.float64, chunks=(totals, (spec.n_features,)), meta=np.empty((0, 0)),
     )
-    if shuffle == "global":
-        dest = generator(seed, "expand-shuffle", call).permutation(n)
-        inv = np.empty_like(dest)
-        inv[dest] = np.arange(n, dtype=dest.dtype)
-        out = out[inv]  # the same order as the in-memory scatter
+    if shuffle == "global":  # the same order as the in-memory scatter, moved by a shuffle
+        method = "p2p" if active_client() is not None else "tasks"
+        out = permute_rows(out, seed, call, target_rows(), method)
     elif shuffle == "blocks":
         order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
         out = da.concatenate([out.blocks[int(c)] for c in order if totals[c]], axis=0)
@@ -303,19 +276,6 @@ def expand(model: Any, n: int, output: str | os.PathLike | None = None, **kwargs
     return model._to_output(out, output=output)
 
 
-def training_raw(model: Any) -> Any:
-    """The training rows in original order (raw codes), numpy or dask."""
-    g = model.grouped_
-    if g.local is not None:
-        X = np.concatenate(g.local["X"], axis=0)
-        rows = np.concatenate(g.local["rows"])
-        out = np.empty_like(X)
-        out[rows] = X
-        return out
-    rows = g.rows.compute()
-    return g.X[np.argsort(rows)]
-
-
 def augment(model: Any, n: int, variance_weighted: bool | str = False, output=None, **kwargs: Any) -> Any:
     """The training rows followed by ``n − n_train`` synthetic rows (``n`` is the total)."""
     model._check_fitted()
@@ -325,7 +285,7 @@ def augment(model: Any, n: int, variance_weighted: bool | str = False, output=No
         raise ValueError(f"augment(n) needs n > the {n_train} training rows, got {n}")
     _check_output_path(output)
     synth = expand_raw(model, n - n_train, variance_weighted=variance_weighted, **kwargs)
-    train = training_raw(model)
+    train = model.grouped_.original_order()
     if isinstance(synth, da.Array) or isinstance(train, da.Array):
         out = da.concatenate([da.asarray(train), da.asarray(synth)], axis=0)
     else:

@@ -3,60 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.cli_cluster
-
-DASK = os.path.join(os.path.dirname(sys.executable), "dask")
-
-
-@pytest.fixture
-def real_cluster(tmp_path):
-    """Scheduler + 2 workers as separate processes (own process groups, torn down after)."""
-    sched_file = tmp_path / "scheduler.json"
-    procs = []
-
-    def start(*args):
-        p = subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        procs.append(p)
-        return p
-
-    try:
-        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-              "--scheduler-file", str(sched_file))
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert sched_file.exists(), "scheduler did not start"
-        time.sleep(0.3)
-        address = json.loads(sched_file.read_text())["address"]
-        for i in range(2):
-            start("worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
-                  "--memory-limit", "2GiB", "--name", f"w{i}", "--no-dashboard")
-        from distributed import Client
-
-        with Client(address, timeout=60) as c:
-            c.wait_for_workers(2, timeout=60)
-        yield address, str(sched_file)
-    finally:
-        for p in procs[::-1]:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
 
 def test_config_runs_on_real_scheduler(tmp_path, real_cluster):
     zarr = pytest.importorskip("zarr")
