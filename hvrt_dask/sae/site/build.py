@@ -307,7 +307,7 @@ def build_site(
     info = _output_info(ds)
     store_tok = info["store"].get("tokenizer")
 
-    inputs = [src, info["store"].get("path"), store_tok if isinstance(store_tok, str) and store_tok else None]
+    inputs = [src] + [p for p in (info["store"].get("path"), store_tok) if isinstance(p, str) and p]
     out = ownership.check_output_path(out_dir, KIND, inputs=inputs)  # before any work
     if isinstance(tokenizer, str) and tokenizer == "auto":
         tok, notice = _tokens.load_tokenizer(store_tok)
