@@ -39,6 +39,11 @@
     return cache[key];
   }
 
+  function markReady() {
+    window.HVRT_READY_MS = performance.now();  // render time since navigation start (benchmarks)
+    document.body.setAttribute("data-ready", "1");
+  }
+
   function pad(n, w) { var s = String(n); while (s.length < w) { s = "0" + s; } return s; }
 
   function el(tag, attrs, kids) {
@@ -187,7 +192,7 @@
             : res.total.toLocaleString() + " " + (st.filter === "all" ? "" : st.filter + " ") + "features")
             + " (" + meta.counts.dead.toLocaleString() + " dead, " + meta.counts.rare.toLocaleString() + " rare, "
             + meta.counts.dense.toLocaleString() + " dense of " + meta.n.toLocaleString() + ")";
-          document.body.setAttribute("data-ready", "1");
+          markReady();
         });
       }).catch(showError);
     }
@@ -323,7 +328,7 @@
           rng.appendChild(grp);
         });
       }
-      document.body.setAttribute("data-ready", "1");
+      markReady();
     });
   }
 
