@@ -11,6 +11,7 @@ site itself only)::
     data/order/<filter>-<key>/NNNNNN.js  feature ids of a sorted/filtered view (order-file each)
     data/feat/NNNN/NNNNNN.js          feature pages' data (features-per-shard features each)
     data/search/NNN.js                token → features (hash bucket of the normalised token)
+    data/vocab/NNNNNN.js              display entries of token ids (vocab-file ids each; with a tokenizer)
 
 Memory: one block of the output (``read-elements`` window elements) plus O(n_features)
 scalar columns (about 60 bytes per feature) for the sorted views and the search index.
@@ -149,12 +150,16 @@ class _Writer:
         self._dirs: set[str] = set()
 
     def put(self, key: str, obj: Any) -> None:
+        self.put_json(key, _dumps(obj))
+
+    def put_json(self, key: str, json_text: str) -> None:
+        """Write already-encoded (ASCII) JSON."""
         fn = os.path.join(self.root, "data", *key.split("/")) + ".js"
         d = os.path.dirname(fn)
         if d not in self._dirs:
             os.makedirs(d, exist_ok=True)
             self._dirs.add(d)
-        text = f"HVRT.receive({_dumps(key)},{_dumps(obj)});\n"
+        text = f"HVRT.receive({_dumps(key)},{json_text});\n"
         with open(fn, "w", encoding="ascii") as f:
             f.write(text)
         self.files += 1
@@ -200,15 +205,25 @@ def _top_tokens(center: np.ndarray, live: np.ndarray, n_top: int) -> np.ndarray:
     return out
 
 
-def _examples(samples, positions, values, toks, acts) -> list:
-    """``[[sample, position, value, [token ids], [acts]], ...]`` for the live slots (sample >= 0)."""
-    live = np.flatnonzero(samples >= 0)
-    if live.size == 0:
-        return []
-    vals = _round(values[live])
-    t = toks[live].tolist()
-    a = _round(acts[live])
-    return [[int(samples[i]), int(positions[i]), vals[j], t[j], a[j]] for j, i in enumerate(live)]
+def _live_examples(samples, positions, values, toks, acts) -> tuple[tuple[np.ndarray, ...], list]:
+    """The live slots (sample >= 0) of a block's example arrays, as ``[sample, position, value,
+    [token ids], [acts]]`` lists, with their leading indices (C order: by feature, then slot).
+
+    Window activations are rounded like every value; ``-1`` stands for "no activation"
+    (padding or outside the sequence; real activations are >= 0).
+    """
+    idx = np.nonzero(samples >= 0)
+    if idx[0].size == 0:
+        return idx, []
+    a = acts[idx]
+    rows = zip(samples[idx].tolist(), positions[idx].tolist(), _round(values[idx]), toks[idx].tolist(),
+               _round(np.where(np.isnan(a), -1.0, a)))
+    return idx, [list(r) for r in rows]
+
+
+def _by_feature(first: np.ndarray, n: int) -> np.ndarray:
+    """Start offsets of each of ``n`` features in a sorted index array (``n + 1`` values)."""
+    return np.searchsorted(first, np.arange(n + 1))
 
 
 def _output_info(ds) -> dict:
@@ -293,8 +308,10 @@ def build_site(
     has_range = all(v in ds.variables for v in RANGE_VARS)
     m = int(ds.sizes["range_slot"]) if has_range else 0
     n_bins = int(ds.sizes["bin"])
-    per_feature_window = k * w + (min(n_bins, 8) * m * w if has_range else 0)
-    fps = _features_per_shard(_setting(ov, "features-per-shard"), per_feature_window)
+    # window elements per feature: as shown (a feature's range examples fill a few bins) and as
+    # read (range arrays are dense: every bin's slots)
+    fps = _features_per_shard(_setting(ov, "features-per-shard"), k * w + (min(n_bins, 8) * m * w if has_range else 0))
+    per_feature_window = k * w + (n_bins * m * w if has_range else 0)
     rows_per_file = _int_setting(ov, "rows-per-file")
     order_file = _int_setting(ov, "order-file")
     page_size = _int_setting(ov, "page-size")
@@ -321,6 +338,8 @@ def build_site(
         ownership.clear(out, KIND)
     ownership.claim(out, KIND, source=src)
     writer = _Writer(out)
+    vocab_file = _int_setting(ov, "vocab-file")
+    vocab_size = _write_vocab(writer, table, vocab_file)
     title = f"SAE features ({n:,} of {n_all:,})"
     _copy_static(out, title, info, notice)
 
@@ -360,6 +379,7 @@ def build_site(
         "window_offset": ds.window_offset.values.astype(int).tolist(),
         "views": views, "counts": {f: int(_mask(cols, f, rare, dense).sum()) for f in FILTERS},
         "info": info, "tokenizer_notice": notice, "by_id": table.tok is None,
+        "vocab_size": vocab_size, "vocab_file": vocab_file,
     }
     writer.put("meta", meta)
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(out) for f in fs)
@@ -387,35 +407,50 @@ def _write_rows(writer: _Writer, sub: dict, top: np.ndarray, table, i0: int, a: 
 
 
 def _write_shards(writer: _Writer, sub: dict, table, i0: int, a: int, fps: int, has_range: bool) -> None:
+    """Feature-page data files of one block; every per-element conversion is done per block."""
     n_blk = sub["max_activation"].shape[0]
     mean, std = _round(sub["mean"]), _round(sub["std"])
     mx, dens, freq = _round(sub["max_activation"]), _round(sub["density"]), _round(sub["frequency"])
+    nat, nas, dead = sub["n_active_tokens"].tolist(), sub["n_active_samples"].tolist(), sub["dead"].tolist()
+    hf, hb = np.nonzero(sub["hist"])
+    hist_pairs = np.stack([hb, sub["hist"][hf, hb]], axis=1).tolist()
+    hstart = _by_feature(hf, n_blk)
+    tidx, top = _live_examples(sub["topk_sample"], sub["topk_position"], sub["topk_value"], sub["window_tokens"], sub["window_acts"])
+    tstart = _by_feature(tidx[0], n_blk)
+    if has_range:
+        ridx, rng = _live_examples(sub["range_sample"], sub["range_position"], sub["range_value"],
+                                   sub["range_window_tokens"], sub["range_window_acts"])
+        rstart, rbin = _by_feature(ridx[0], n_blk), ridx[1].tolist()
     for s0 in range(0, n_blk, fps):
         s1 = min(n_blk, s0 + fps)
         feats = []
-        used = [sub["window_tokens"][s0:s1]]
-        if has_range:
-            used.append(sub["range_window_tokens"][s0:s1])
         for j in range(s0, s1):
-            h = sub["hist"][j]
-            nz = np.flatnonzero(h)
             rec = {
-                "f": a + j, "max": mx[j], "density": dens[j], "frequency": freq[j],
-                "n_active_tokens": int(sub["n_active_tokens"][j]), "n_active_samples": int(sub["n_active_samples"][j]),
-                "mean": mean[j], "std": std[j], "dead": bool(sub["dead"][j]),
-                "hist": [[int(i), int(h[i])] for i in nz],
-                "top": _examples(sub["topk_sample"][j], sub["topk_position"][j], sub["topk_value"][j],
-                                 sub["window_tokens"][j], sub["window_acts"][j]),
+                "f": a + j, "max": mx[j], "density": dens[j], "frequency": freq[j], "n_active_tokens": nat[j],
+                "n_active_samples": nas[j], "mean": mean[j], "std": std[j], "dead": dead[j],
+                "hist": hist_pairs[hstart[j]:hstart[j + 1]], "top": top[tstart[j]:tstart[j + 1]],
             }
             if has_range:
-                rs = sub["range_sample"][j]
-                rec["range"] = [[int(bi), _examples(rs[bi], sub["range_position"][j][bi], sub["range_value"][j][bi],
-                                                    sub["range_window_tokens"][j][bi], sub["range_window_acts"][j][bi])]
-                                for bi in np.flatnonzero((rs >= 0).any(axis=1))]
+                groups: list = []
+                for e in range(rstart[j], rstart[j + 1]):
+                    if not groups or groups[-1][0] != rbin[e]:
+                        groups.append([rbin[e], []])
+                    groups[-1][1].append(rng[e])
+                rec["range"] = groups
             feats.append(rec)
-        ids = np.unique(np.concatenate([u.reshape(-1) for u in used]))
-        vocab = {str(t): table(t) for t in ids[ids >= 0].tolist()}
-        writer.put(feat_key((i0 + s0) // fps), {"f0": a + s0, "features": feats, "vocab": vocab})
+        writer.put_json(feat_key((i0 + s0) // fps), f'{{"f0":{a + s0},"features":{_dumps(feats)}}}')
+
+
+def _write_vocab(writer: _Writer, table, per_file: int) -> int:
+    """Display entries of every token id, ``per_file`` ids per file (``vocab/NNNNNN``); returns
+    the vocabulary size (0 without a tokenizer: the viewer shows ``[id]``)."""
+    if table.tok is None:
+        return 0
+    n = len(table.tok)
+    for v0 in range(0, n, per_file):
+        body = ",".join(table.json(t) for t in range(v0, min(n, v0 + per_file)))
+        writer.put_json(f"vocab/{v0 // per_file:06d}", f'{{"v0":{v0},"entries":[{body}]}}')
+    return n
 
 
 def _mask(cols: dict, name: str, rare: float, dense: float) -> np.ndarray:

@@ -22,6 +22,7 @@ shows that notice on every page and logs it).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import unicodedata
@@ -103,6 +104,7 @@ class TokenTable:
         self.tok = tokenizer
         self.max_chars = int(max_chars)
         self._cache: dict[int, list] = {}
+        self._json: dict[int, str] = {}
         if tokenizer is not None:
             self.kind = _model_kind(tokenizer)
             self.special = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", ()) or ())
@@ -115,6 +117,13 @@ class TokenTable:
         if e is None:
             e = self._cache[tid] = self._make(tid)
         return e
+
+    def json(self, tid: int) -> str:
+        """The entry of ``tid`` as ASCII JSON text (cached)."""
+        j = self._json.get(tid)
+        if j is None:
+            j = self._json[tid] = json.dumps(self(tid), ensure_ascii=True, separators=(",", ":"))
+        return j
 
     def raw(self, tid: int) -> str:
         """The decoded text of one id (before visibility/truncation), for search keys."""

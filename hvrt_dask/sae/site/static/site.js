@@ -87,8 +87,22 @@
 
   // ---------------------------------------------------------------- tokens
   function tokenEntry(vocab, tid) {
-    var e = vocab[String(tid)];
+    var e = vocab[tid];
     return e || ["[" + tid + "]", WORD_START];
+  }
+
+  // the display entries of every token id used by ``examples`` (loaded per vocabulary file)
+  function vocabFor(meta, examples) {
+    var vocab = {}, files = {};
+    if (!meta.vocab_size) { return Promise.resolve(vocab); }
+    examples.forEach(function (ex) {
+      ex[3].forEach(function (t) { if (t >= 0 && t < meta.vocab_size) { files[Math.floor(t / meta.vocab_file)] = 1; } });
+    });
+    return Promise.all(Object.keys(files).map(function (p) {
+      return load("vocab/" + pad(p, 6)).then(function (d) {
+        d.entries.forEach(function (e, i) { vocab[d.v0 + i] = e; });
+      });
+    })).then(function () { return vocab; });
   }
 
   function tokenChip(e) {
@@ -109,7 +123,7 @@
       var e = tokenEntry(vocab, tid);
       if ((e[1] & WORD_START) && !first) { text.appendChild(document.createTextNode(" ")); }
       first = false;
-      var a = acts[j];
+      var a = acts[j] < 0 ? null : acts[j];  // -1: no activation (padding / outside the sequence)
       var cls = "t" + ((e[1] & SPECIAL) ? " special" : "") + (offsets[j] === 0 ? " prime" : "") + (a === null ? " masked" : "");
       var span = el("span", {"class": cls}, [e[0]]);
       var tipText = "activation " + (a === null ? "n/a (padding)" : fmt(a)) + " · token id " + tid + ((e[1] & TRUNCATED) ? " · " + e[2] : "");
@@ -292,8 +306,13 @@
     if (!(f >= meta.f0 && f < meta.f0 + meta.n)) { f = meta.f0; }
     var fps = meta.features_per_shard, shard = Math.floor((f - meta.f0) / fps);
     var key = "feat/" + pad(Math.floor(shard / 1000), 4) + "/" + pad(shard, 6);
+    var rec;
     return load(key).then(function (d) {
-      var rec = d.features[f - d.f0];
+      rec = d.features[f - d.f0];
+      var all = rec.top.slice();
+      (rec.range || []).forEach(function (pair) { all = all.concat(pair[1]); });
+      return vocabFor(meta, all);
+    }).then(function (vocab) {
       document.title = "Feature " + f;
       document.getElementById("ftitle").textContent = "Feature " + f + (rec.dead ? " (dead)" : "");
       var prev = document.getElementById("prevf"), next = document.getElementById("nextf");
@@ -311,7 +330,7 @@
       var top = document.getElementById("topk");
       top.replaceChildren();
       if (!rec.top.length) { top.appendChild(el("p", {"class": "stat"}, ["No examples (the feature never fired)."])); }
-      rec.top.forEach(function (ex, i) { top.appendChild(exampleRow(ex, d.vocab, meta.window_offset, rec.max, "#" + (i + 1))); });
+      rec.top.forEach(function (ex, i) { top.appendChild(exampleRow(ex, vocab, meta.window_offset, rec.max, "#" + (i + 1))); });
       var rng = document.getElementById("range");
       rng.replaceChildren();
       if (!meta.has_range) {
@@ -324,7 +343,7 @@
           var b = pair[0], ub = meta.bin_upper[b];
           var grp = el("div", {"class": "rangebin", "data-bin": b});
           grp.appendChild(el("h4", null, ["(" + fmt(meta.bin_lower[b]) + ", " + (ub === null ? "\u221e" : fmt(ub)) + "]"]));
-          pair[1].forEach(function (ex) { grp.appendChild(exampleRow(ex, d.vocab, meta.window_offset, rec.max, "bin " + b)); });
+          pair[1].forEach(function (ex) { grp.appendChild(exampleRow(ex, vocab, meta.window_offset, rec.max, "bin " + b)); });
           rng.appendChild(grp);
         });
       }
