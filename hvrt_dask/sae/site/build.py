@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hvrt_dask import config, ownership
+from hvrt_dask.sae import range_examples as _rx
 from hvrt_dask.sae.output import open_output
 from hvrt_dask.sae.site import tokens as _tokens
 
@@ -40,7 +41,7 @@ log = logging.getLogger("hvrt_dask.sae.site")
 KIND = "sae.site"
 FILTERS = ("all", "dead", "rare", "dense")
 SORT_KEYS = ("feature", "max_activation", "density", "frequency")
-RANGE_VARS = ("range_sample", "range_value", "range_position", "range_window_tokens", "range_window_acts")
+RANGE_VARS = _rx.OUTPUT_VARS
 _STATS = ("max_activation", "density", "frequency", "n_active_tokens", "n_active_samples", "mean", "std", "dead", "hist")
 _TOPK = ("topk_sample", "topk_position", "topk_value", "window_tokens", "window_acts")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -306,7 +307,7 @@ def build_site(
     k = int(ds.sizes["rank"])
     w = int(ds.sizes["window"])
     has_range = all(v in ds.variables for v in RANGE_VARS)
-    m = int(ds.sizes["range_slot"]) if has_range else 0
+    m = int(ds.sizes[_rx.SLOT_DIM]) if has_range else 0
     n_bins = int(ds.sizes["bin"])
     # window elements per feature: as shown (a feature's range examples fill a few bins) and as
     # read (range arrays are dense: every bin's slots)
