@@ -137,9 +137,14 @@ def test_feature_page_histogram_examples_and_hover(plain, page, artifacts):
     assert page.errors == []
 
 
-def test_range_examples_not_available(tmp_path, page):
+def test_tiny_sae_without_tokenizer_or_range_examples(tmp_path, page):
     out = tiny_output(tmp_path, d_sae=5)
-    site = build_site(out, tmp_path / "site")
+    site = build_site(out, tmp_path / "site")  # every default on 5 features
+    page.goto(url(site))
+    ready(page)
+    assert shown_features(page) == [0, 1, 2, 3, 4] and page.inner_text("#pageinfo") == "page 1 of 1"
+    assert page.is_visible("#tokenizer-notice")
+    assert "names no tokenizer: tokens are shown as ids" in page.inner_text("#tokenizer-notice")
     page.goto(url(site, "feature.html", "#2"))
     ready(page)
     assert "Not available" in page.inner_text("#range-na")
