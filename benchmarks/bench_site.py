@@ -219,6 +219,7 @@ def main() -> None:
     ap.add_argument("--range-m", type=int, default=3)
     ap.add_argument("--range-max", type=int, default=100_000, help="write range examples only up to this width")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--reuse", action="store_true", help="reuse (and keep) synthetic outputs already in --workdir")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="bench_site_")
@@ -229,14 +230,16 @@ def main() -> None:
         src, dst = os.path.join(work, f"features_{d}.zarr"), os.path.join(work, f"site_{d}")
         t = time.perf_counter()
         rm = args.range_m if d <= args.range_max else 0
-        make_synthetic(src, d, top_k=args.top_k, prefix=args.context, suffix=args.context, n_bins=args.bins,
-                       range_m=rm, tokenizer=tok)
+        if not (args.reuse and os.path.exists(os.path.join(src, "zarr.json"))):
+            make_synthetic(src, d, top_k=args.top_k, prefix=args.context, suffix=args.context, n_bins=args.bins,
+                           range_m=rm, tokenizer=tok)
         gen_s = time.perf_counter() - t
         b = build(src, dst)
         r = render_times(dst, d)
         rows.append({"d": d, "range_m": rm, "gen_s": gen_s, **b, "render": r})
         print(json.dumps(rows[-1]), flush=True)
-        shutil.rmtree(src)
+        if not args.reuse:
+            shutil.rmtree(src)
         shutil.rmtree(dst)
     load_after = os.getloadavg()
     write_report(args, rows, tok, load_before, load_after)
