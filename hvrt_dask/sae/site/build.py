@@ -322,6 +322,7 @@ def build_site(
     n_buckets = _int_setting(ov, "search-buckets")
     search_max = _int_setting(ov, "search-max-features")
     read_elements = _int_setting(ov, "read-elements")
+    vocab_file = _int_setting(ov, "vocab-file")
     rare, dense = float(_setting(ov, "rare-density")), float(_setting(ov, "dense-density"))
     info = _output_info(ds)
     store_tok = info["store"].get("tokenizer")
@@ -340,7 +341,6 @@ def build_site(
         ownership.clear(out, KIND)
     ownership.claim(out, KIND, source=src)
     writer = _Writer(out)
-    vocab_file = _int_setting(ov, "vocab-file")
     vocab_size = _write_vocab(writer, table, vocab_file)
     title = f"SAE features ({n:,} of {n_all:,})"
     _copy_static(out, title, info, notice)

@@ -179,3 +179,6 @@ def test_ownership(out, tmp_path):
         build_site(out, tmp_path / "x", page_sise=7)
     with pytest.raises(ValueError, match="features-per-shard"):
         build_site(out, tmp_path / "y", features_per_shard=0)
+    with pytest.raises(ValueError, match="vocab-file"):
+        build_site(out, tmp_path / "z", vocab_file=0)
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))  # settings checked before any write
