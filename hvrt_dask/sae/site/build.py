@@ -497,10 +497,19 @@ def _write_views(writer: _Writer, cols: dict, lo: int, order_file: int, rare: fl
 def _write_search(writer: _Writer, top_tok: np.ndarray, mx: np.ndarray, lo: int, table, n_buckets: int,
                   search_max: int) -> None:
     """Token → features (most active first) in ``n_buckets`` files keyed by the normalised token."""
-    fi, ri = np.nonzero(top_tok >= 0)
-    t = top_tok[fi, ri].astype(np.int64)
-    order = np.lexsort((fi, -mx[fi].astype(np.float64), t))
+    n, n_top = top_tok.shape
+    # rank of each feature by max activation (descending, ties by feature); int32 throughout
+    # and one int64 sort key, so the transient memory stays ~20 bytes per (feature, top token)
+    rank = np.empty(n, np.int64)
+    rank[np.lexsort((np.arange(n), -mx.astype(np.float64)))] = np.arange(n)
+    flat = top_tok.reshape(-1)
+    pos = np.flatnonzero(flat >= 0)
+    fi = (pos // n_top).astype(np.int32)
+    t = flat[pos]
+    del pos
+    order = np.argsort(t.astype(np.int64) * n + rank[fi], kind="stable")
     fi, t = fi[order], t[order]
+    del order, rank
     starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]]) if t.size else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], t.size]
     by_bucket: dict[int, list[tuple[str, int, int]]] = {}
