@@ -33,6 +33,7 @@ def browser():
 @pytest.fixture
 def page(browser):
     ctx = browser.new_context(viewport={"width": 1100, "height": 900})
+    ctx.set_default_timeout(60_000)  # a loaded CI machine; nothing here is timed
     pg = ctx.new_page()
     pg.errors = []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))

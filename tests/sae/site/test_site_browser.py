@@ -32,7 +32,7 @@ def url(site, page="index.html", frag=""):
 
 
 def ready(pg):
-    pg.wait_for_selector("body[data-ready='1']", timeout=15000)
+    pg.wait_for_selector("body[data-ready='1']", timeout=60000)
 
 
 def shown_features(pg):
