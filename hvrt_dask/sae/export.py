@@ -192,7 +192,7 @@ def export_html(
     esc = lambda x: html.escape(visible_text(str(x)), quote=True)  # noqa: E731 - text and attribute contexts
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' "
              f"content=\"default-src 'none'; style-src 'unsafe-inline'\"><title>SAE features</title><style>{_CSS}</style></head><body>"]
-    sae, store = ds_attrs.get("sae") or {}, ds_attrs.get("store") or {}
+    sae, store = (a if isinstance(a, dict) else {} for a in (ds_attrs.get("sae"), ds_attrs.get("store")))
     parts.append(f"<h1>SAE features</h1><p class='stat'>SAE <bdi>{esc(sae.get('path'))}</bdi> "
                  f"(<bdi>{esc(str(sae.get('content_hash'))[:12])}</bdi>), store <bdi>{esc(store.get('path'))}</bdi></p>")
     for rec in feature_records(out, features):
