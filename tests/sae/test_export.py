@@ -84,6 +84,21 @@ def test_html_tiny_sae_and_escaping(result, tmp_path):
     page = open(export_html(r.path, tmp_path / "all.html")).read()  # default on an SAE with 16 < 50 features
     assert page.count("<h2") == 16
     assert "Content-Security-Policy" in page
+    # hostile attributes of a third-party output are escaped, bidi controls made visible
+    import shutil
+    import warnings
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(r.path, copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        g = zarr.open_group(copy, mode="r+")
+        g.attrs.update({"sae": {"path": "<script>x()</script>", "content_hash": "<img src=x onerror=y()>"},
+                        "store": {"path": "/t/\u202eexe.txt", "tokenizer": None}})
+        zarr.consolidate_metadata(copy)
+    page = open(export_html(copy, tmp_path / "h.html", features=[0])).read()
+    assert "<script>" not in page and "<img" not in page and "\u202e" not in page
+    assert "&lt;script&gt;x()&lt;/script&gt;" in page and "&lt;img src=x" in page and "[U+202E]exe.txt" in page
 
 
 def test_html_with_ids(result, tmp_path):
