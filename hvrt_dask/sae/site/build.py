@@ -19,7 +19,6 @@ scalar columns (about 60 bytes per feature) for the sorted views and the search 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,12 +35,13 @@ from hvrt_dask import config, ownership
 from hvrt_dask.sae import range_examples as _rx
 from hvrt_dask.sae.output import open_output
 from hvrt_dask.sae.site import tokens as _tokens
+from hvrt_dask.sae.site.data import Writer, rounded
+from hvrt_dask.sae.site.index import FILTERS, filter_mask, top_tokens, write_rows, write_search, write_views
+from hvrt_dask.sae.site.pages import features_per_shard, write_shards, write_vocab
 
 log = logging.getLogger("hvrt_dask.sae.site")
 
 KIND = "sae.site"
-FILTERS = ("all", "dead", "rare", "dense")
-SORT_KEYS = ("feature", "max_activation", "density", "frequency")
 RANGE_VARS = _rx.OUTPUT_VARS
 _STATS = ("max_activation", "density", "frequency", "n_active_tokens", "n_active_samples", "mean", "std", "dead", "hist")
 _TOPK = ("topk_sample", "topk_position", "topk_value", "window_tokens", "window_acts")
@@ -113,119 +113,6 @@ def feature_span(features: Any, n: int) -> tuple[int, int]:
     if features.start < 0 or features.stop > n:
         raise ValueError(f"site features {features!r} out of range: the output has {n} features [0, {n})")
     return features.start, features.stop
-
-
-def _round(a: np.ndarray, digits: int = 5) -> list:
-    """Floats rounded to ``digits`` significant digits (short JSON); NaN/inf → None."""
-    x = np.asarray(a, np.float64)
-    finite = np.isfinite(x)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = np.where(finite & (x != 0), np.floor(np.log10(np.abs(np.where(finite, x, 1)))), 0)
-        scale = 10.0 ** (digits - 1 - mag)
-        r = np.where(finite, np.round(x * scale) / scale, np.nan)
-    out = r.tolist()
-    if not finite.all():
-        _none_nan(out)
-    return out
-
-
-def _none_nan(lst: list) -> None:
-    for i, v in enumerate(lst):
-        if isinstance(v, list):
-            _none_nan(v)
-        elif v != v or v in (math.inf, -math.inf):
-            lst[i] = None
-
-
-def _dumps(obj: Any) -> str:
-    # ASCII-only JSON (U+2028 and every non-ASCII character escaped): safe as a script literal
-    return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-
-
-class _Writer:
-    """Writes ``data/<key>.js`` files and counts them."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.files = 0
-        self.bytes = 0
-        self._dirs: set[str] = set()
-
-    def put(self, key: str, obj: Any) -> None:
-        self.put_json(key, _dumps(obj))
-
-    def put_json(self, key: str, json_text: str) -> None:
-        """Write already-encoded (ASCII) JSON."""
-        fn = os.path.join(self.root, "data", *key.split("/")) + ".js"
-        d = os.path.dirname(fn)
-        if d not in self._dirs:
-            os.makedirs(d, exist_ok=True)
-            self._dirs.add(d)
-        text = f"HVRT.receive({_dumps(key)},{json_text});\n"
-        with open(fn, "w", encoding="ascii") as f:
-            f.write(text)
-        self.files += 1
-        self.bytes += len(text)
-
-
-def feat_key(shard: int) -> str:
-    return f"feat/{shard // 1000:04d}/{shard:06d}"
-
-
-def _features_per_shard(setting: Any, window_per_feature: int) -> int:
-    if setting == "auto":
-        per = max(1, window_per_feature)
-        return int(min(64, max(1, 2 ** math.floor(math.log2(max(1, 40_000 // per))))))
-    if isinstance(setting, bool) or not isinstance(setting, (int, np.integer)) or setting < 1:
-        raise ValueError(f"site setting 'features-per-shard' must be 'auto' or an integer >= 1, got {setting!r}")
-    return int(setting)
-
-
-def _top_tokens(center: np.ndarray, live: np.ndarray, n_top: int) -> np.ndarray:
-    """Per feature, the ``n_top`` most frequent tokens at the max position of its top examples.
-
-    Ties by the best rank they appear at. ``center``/``live``: ``[F, k]``. Returns ``[F, n_top]`` (-1 fill).
-    """
-    f_n, k = center.shape
-    out = np.full((f_n, n_top), -1, np.int64)
-    fi, ri = np.nonzero(live & (center >= 0))
-    if fi.size == 0:
-        return out
-    t = center[fi, ri].astype(np.int64)
-    order = np.lexsort((ri, t, fi))
-    fi, ri, t = fi[order], ri[order], t[order]
-    new = np.r_[True, (fi[1:] != fi[:-1]) | (t[1:] != t[:-1])]
-    starts = np.flatnonzero(new)
-    counts = np.diff(np.r_[starts, fi.size])
-    uf, ut, ur = fi[starts], t[starts], ri[starts]  # ri is the best rank (sorted asc within group)
-    o2 = np.lexsort((ur, -counts, uf))
-    uf, ut = uf[o2], ut[o2]
-    gs = np.flatnonzero(np.r_[True, uf[1:] != uf[:-1]])
-    rank = np.arange(uf.size) - np.repeat(gs, np.diff(np.r_[gs, uf.size]))
-    keep = rank < n_top
-    out[uf[keep], rank[keep]] = ut[keep]
-    return out
-
-
-def _live_examples(samples, positions, values, toks, acts) -> tuple[tuple[np.ndarray, ...], list]:
-    """The live slots (sample >= 0) of a block's example arrays, as ``[sample, position, value,
-    [token ids], [acts]]`` lists, with their leading indices (C order: by feature, then slot).
-
-    Window activations are rounded like every value; ``-1`` stands for "no activation"
-    (padding or outside the sequence; real activations are >= 0).
-    """
-    idx = np.nonzero(samples >= 0)
-    if idx[0].size == 0:
-        return idx, []
-    a = acts[idx]
-    rows = zip(samples[idx].tolist(), positions[idx].tolist(), _round(values[idx]), toks[idx].tolist(),
-               _round(np.where(np.isnan(a), -1.0, a)))
-    return idx, [list(r) for r in rows]
-
-
-def _by_feature(first: np.ndarray, n: int) -> np.ndarray:
-    """Start offsets of each of ``n`` features in a sorted index array (``n + 1`` values)."""
-    return np.searchsorted(first, np.arange(n + 1))
 
 
 def _output_info(ds) -> dict:
@@ -312,7 +199,7 @@ def build_site(
     n_bins = int(ds.sizes["bin"])
     # window elements per feature: as shown (a feature's range examples fill a few bins) and as
     # read (range arrays are dense: every bin's slots)
-    fps = _features_per_shard(_setting(ov, "features-per-shard"), k * w + (min(n_bins, 8) * m * w if has_range else 0))
+    fps = features_per_shard(_setting(ov, "features-per-shard"), k * w + (min(n_bins, 8) * m * w if has_range else 0))
     per_feature_window = k * w + (n_bins * m * w if has_range else 0)
     rows_per_file = _int_setting(ov, "rows-per-file")
     order_file = _int_setting(ov, "order-file")
@@ -340,8 +227,8 @@ def build_site(
     if os.path.lexists(out) and ownership.owned_by(out, KIND):
         ownership.clear(out, KIND)
     ownership.claim(out, KIND, source=src)
-    writer = _Writer(out)
-    vocab_size = _write_vocab(writer, table, vocab_file)
+    writer = Writer(out)
+    vocab_size = write_vocab(writer, table, vocab_file)
     title = f"SAE features ({n:,} of {n_all:,})"
     _copy_static(out, title, info, notice)
 
@@ -363,14 +250,14 @@ def build_site(
         for c in cols:
             cols[c][i0 : i0 + (b - a)] = sub[c]
         live = sub["topk_sample"] >= 0
-        tt = _top_tokens(sub["window_tokens"][:, :, center], live, n_top)
+        tt = top_tokens(sub["window_tokens"][:, :, center], live, n_top)
         top_tok[i0 : i0 + (b - a)] = tt
-        _write_rows(writer, sub, tt, table, i0, a, rows_per_file)
-        _write_shards(writer, sub, table, i0, a, fps, has_range)
+        write_rows(writer, sub, tt, table, i0, a, rows_per_file)
+        write_shards(writer, sub, table, i0, a, fps, has_range)
         if progress:
             log.info("site: features %d-%d of %d written (%.1f s)", a, b, hi, time.perf_counter() - t0)
-    views = _write_views(writer, cols, lo, order_file, rare, dense)
-    _write_search(writer, top_tok, cols["max_activation"], lo, table, n_buckets, search_max)
+    views = write_views(writer, cols, lo, order_file, rare, dense)
+    write_search(writer, top_tok, cols["max_activation"], lo, table, n_buckets, search_max)
     lower, upper = ds.bin_lower.values, ds.bin_upper.values
     meta = {
         "format": "hvrt_dask.sae_site/1",
@@ -378,9 +265,9 @@ def build_site(
         "features_per_shard": fps, "rows_per_file": rows_per_file, "order_file": order_file,
         "page_size": page_size, "search_buckets": n_buckets, "search_max": search_max,
         "rare_density": rare, "dense_density": dense,
-        "bin_lower": _round(lower), "bin_upper": _round(upper),
+        "bin_lower": rounded(lower), "bin_upper": rounded(upper),
         "window_offset": ds.window_offset.values.astype(int).tolist(),
-        "views": views, "counts": {f: int(_mask(cols, f, rare, dense).sum()) for f in FILTERS},
+        "views": views, "counts": {f: int(filter_mask(cols, f, rare, dense).sum()) for f in FILTERS},
         "info": info, "tokenizer_notice": notice, "by_id": table.tok is None,
         "vocab_size": vocab_size, "vocab_file": vocab_file,
     }
@@ -393,138 +280,3 @@ def build_site(
     return SiteResult(path=out, n_features=n, files=writer.files, bytes=total, tokenizer_notice=notice,
                       seconds=secs, settings={"features_per_shard": fps, "rows_per_file": rows_per_file})
 
-
-def _write_rows(writer: _Writer, sub: dict, top: np.ndarray, table, i0: int, a: int, rpf: int) -> None:
-    n_blk = sub["max_activation"].shape[0]
-    for r0 in range(0, n_blk, rpf):
-        r1 = min(n_blk, r0 + rpf)
-        writer.put(f"rows/{(i0 + r0) // rpf:06d}", {
-            "f0": a + r0,
-            "max": _round(sub["max_activation"][r0:r1]),
-            "density": _round(sub["density"][r0:r1]),
-            "frequency": _round(sub["frequency"][r0:r1]),
-            "n_active_tokens": sub["n_active_tokens"][r0:r1].tolist(),
-            "dead": sub["dead"][r0:r1].astype(int).tolist(),
-            "top": [[table(t) for t in row if t >= 0] for row in top[r0:r1].tolist()],
-        })
-
-
-def _write_shards(writer: _Writer, sub: dict, table, i0: int, a: int, fps: int, has_range: bool) -> None:
-    """Feature-page data files of one block; every per-element conversion is done per block."""
-    n_blk = sub["max_activation"].shape[0]
-    mean, std = _round(sub["mean"]), _round(sub["std"])
-    mx, dens, freq = _round(sub["max_activation"]), _round(sub["density"]), _round(sub["frequency"])
-    nat, nas, dead = sub["n_active_tokens"].tolist(), sub["n_active_samples"].tolist(), sub["dead"].tolist()
-    hf, hb = np.nonzero(sub["hist"])
-    hist_pairs = np.stack([hb, sub["hist"][hf, hb]], axis=1).tolist()
-    hstart = _by_feature(hf, n_blk)
-    tidx, top = _live_examples(sub["topk_sample"], sub["topk_position"], sub["topk_value"], sub["window_tokens"], sub["window_acts"])
-    tstart = _by_feature(tidx[0], n_blk)
-    if has_range:
-        ridx, rng = _live_examples(sub["range_sample"], sub["range_position"], sub["range_value"],
-                                   sub["range_window_tokens"], sub["range_window_acts"])
-        rstart, rbin = _by_feature(ridx[0], n_blk), ridx[1].tolist()
-    for s0 in range(0, n_blk, fps):
-        s1 = min(n_blk, s0 + fps)
-        feats = []
-        for j in range(s0, s1):
-            rec = {
-                "f": a + j, "max": mx[j], "density": dens[j], "frequency": freq[j], "n_active_tokens": nat[j],
-                "n_active_samples": nas[j], "mean": mean[j], "std": std[j], "dead": dead[j],
-                "hist": hist_pairs[hstart[j]:hstart[j + 1]], "top": top[tstart[j]:tstart[j + 1]],
-            }
-            if has_range:
-                groups: list = []
-                for e in range(rstart[j], rstart[j + 1]):
-                    if not groups or groups[-1][0] != rbin[e]:
-                        groups.append([rbin[e], []])
-                    groups[-1][1].append(rng[e])
-                rec["range"] = groups
-            feats.append(rec)
-        writer.put_json(feat_key((i0 + s0) // fps), f'{{"f0":{a + s0},"features":{_dumps(feats)}}}')
-
-
-def _write_vocab(writer: _Writer, table, per_file: int) -> int:
-    """Display entries of every token id, ``per_file`` ids per file (``vocab/NNNNNN``); returns
-    the vocabulary size (0 without a tokenizer: the viewer shows ``[id]``)."""
-    if table.tok is None:
-        return 0
-    n = len(table.tok)
-    for v0 in range(0, n, per_file):
-        body = ",".join(table.json(t) for t in range(v0, min(n, v0 + per_file)))
-        writer.put_json(f"vocab/{v0 // per_file:06d}", f'{{"v0":{v0},"entries":[{body}]}}')
-    return n
-
-
-def _mask(cols: dict, name: str, rare: float, dense: float) -> np.ndarray:
-    dead = cols["dead"]
-    if name == "all":
-        return np.ones(dead.shape, bool)
-    if name == "dead":
-        return dead
-    if name == "rare":
-        return ~dead & (cols["density"] < rare)
-    return ~dead & (cols["density"] > dense)
-
-
-def _write_views(writer: _Writer, cols: dict, lo: int, order_file: int, rare: float, dense: float) -> dict:
-    """Sorted/filtered views as pages of global feature ids.
-
-    ``feature`` ascending; the value keys descending with ties by feature ascending (the
-    viewer reverses a view for the other direction). ``all``/``feature`` is the identity and
-    is not written; ``dead`` only by feature (every value is 0).
-    """
-    views = {}
-    ids_all = np.arange(cols["dead"].size, dtype=np.int64)
-    for flt in FILTERS:
-        mask = _mask(cols, flt, rare, dense)
-        ids = ids_all[mask]
-        for key in SORT_KEYS:
-            if (flt == "all" and key == "feature") or (flt == "dead" and key != "feature"):
-                continue
-            if key == "feature":
-                order = ids
-            else:
-                v = cols[key][mask].astype(np.float64)
-                order = ids[np.lexsort((ids, -v))]
-            name = f"{flt}-{key}"
-            for p0 in range(0, order.size, order_file):
-                writer.put(f"order/{name}/{p0 // order_file:06d}", (order[p0 : p0 + order_file] + lo).tolist())
-            views[name] = {"n": int(order.size)}
-    return views
-
-
-def _write_search(writer: _Writer, top_tok: np.ndarray, mx: np.ndarray, lo: int, table, n_buckets: int,
-                  search_max: int) -> None:
-    """Token → features (most active first) in ``n_buckets`` files keyed by the normalised token."""
-    n, n_top = top_tok.shape
-    # rank of each feature by max activation (descending, ties by feature); int32 throughout
-    # and one int64 sort key, so the transient memory stays ~20 bytes per (feature, top token)
-    rank = np.empty(n, np.int64)
-    rank[np.lexsort((np.arange(n), -mx.astype(np.float64)))] = np.arange(n)
-    flat = top_tok.reshape(-1)
-    pos = np.flatnonzero(flat >= 0)
-    fi = (pos // n_top).astype(np.int32)
-    t = flat[pos]
-    del pos
-    order = np.argsort(t.astype(np.int64) * n + rank[fi], kind="stable")
-    fi, t = fi[order], t[order]
-    del order, rank
-    starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]]) if t.size else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], t.size]
-    by_bucket: dict[int, list[tuple[str, int, int]]] = {}
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        tid = int(t[s])
-        key = str(tid) if table.tok is None else _tokens.search_key(table.raw(tid))
-        if key:
-            by_bucket.setdefault(_tokens.bucket(key, n_buckets), []).append((key, s, e))
-    for bk in range(n_buckets):
-        entries: dict[str, list[int]] = {}
-        for key, s, e in by_bucket.get(bk, ()):
-            entries.setdefault(key, []).extend(fi[s:e][:search_max].tolist())
-        out = {}
-        for key, feats in entries.items():
-            f = np.unique(np.asarray(feats, np.int64))
-            f = f[np.lexsort((f, -mx[f].astype(np.float64)))][:search_max]
-            out[key] = (f + lo).tolist()
-        writer.put(f"search/{bk:03d}", out)
