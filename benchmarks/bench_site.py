@@ -262,6 +262,10 @@ def write_report(args, rows, tok, load_before, load_after) -> None:
         " data, from navigation start, in Debian's headless Chromium opened on `file://` (a fresh browser context per"
         " page load, so no in-page cache).",
         "",
+        "Bytes on disk and build time grow with the examples per feature (top_k x window tokens, plus the range"
+        " examples): an output with top_k 100 and 51-token windows holds ~70x the example tokens per feature of"
+        " these synthetic ones, in proportionally larger feature files (the index files do not change).",
+        "",
         "| features | build s | peak memory (VmHWM) | of which imports | data files | bytes on disk | bytes / feature |"
         " index first render ms | index render ms (median of 3) | sorted index page ms (max of 3) | token search ms (max) |"
         " feature page ms (median / max of 5) |",
