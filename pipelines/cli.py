@@ -172,6 +172,30 @@ def demo_cmd(out, dataset, n_workers, seed):
         sys.exit(runs.EXIT_BAD_CONFIG)
 
 
+@cli.command("site")
+@click.argument("features", type=click.Path())
+@click.argument("out_dir", type=click.Path())
+@click.option("--serve", is_flag=True, help="Serve the site on 127.0.0.1 after building it (prints the address).")
+@click.option("--port", default=None, type=int, help="Port for --serve (default hvrt.site.port; 0 = any free port).")
+@click.option("--no-build", is_flag=True, help="Only serve an existing site (with --serve).")
+def site_cmd(features, out_dir, serve, port, no_build):
+    """Build the feature browser of an extraction output FEATURES (a features.zarr) into OUT_DIR."""
+    from hvrt_dask import config as hconfig
+    from hvrt_dask.sae.site import build_site
+    from hvrt_dask.sae.site import serve as serve_site
+
+    try:
+        if not no_build:
+            res = build_site(features, out_dir)
+            _echo(f"site: {res.n_features:,} features, {res.files:,} data files, {res.bytes / 1e6:.1f} MB"
+                  f" in {res.seconds:.1f} s -> {res.index}")
+        if serve:
+            serve_site(out_dir, hconfig.get("site.port") if port is None else port, echo=_echo)
+    except (ValueError, FileNotFoundError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(runs.EXIT_BAD_CONFIG)
+
+
 @cli.group("config")
 def config_group() -> None:
     """Package defaults (dask.config namespace 'hvrt')."""

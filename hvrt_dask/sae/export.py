@@ -1,8 +1,15 @@
-"""Exports of an extraction output: JSON Lines (one record per feature) and a static HTML page.
+"""Exports of an extraction output: JSON Lines and a single static HTML page.
+
+JSON Lines (:func:`export_jsonl`): the first line is a header record (``"record": "header"``)
+with what every feature shares — the histogram bin bounds, the window offsets, the store and
+SAE descriptions, the tokenizer — then one ``"record": "feature"`` line per feature, streamed
+per block of features. Both exports are written to a temporary name and renamed when
+complete (:func:`hvrt_dask.ownership.atomic_file`), so a failed export leaves no partial file.
 
 Token strings are decoded when the activation store names a tokenizer directory that
 ``transformers.AutoTokenizer`` can load offline (``local_files_only=True``); otherwise the
-token ids are shown.
+token ids are shown and the reason is logged (:func:`hvrt_dask.sae.site.tokens.load_tokenizer`).
+For browsing many features use the feature browser (:func:`hvrt_dask.sae.site.build_site`).
 """
 
 from __future__ import annotations
@@ -16,19 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from hvrt_dask import ownership
 from hvrt_dask.sae.output import open_output
+from hvrt_dask.sae.site.tokens import load_tokenizer as _load_tokenizer
+from hvrt_dask.sae.site.tokens import visible_text
+
+JSONL_FORMAT = "hvrt_dask.sae_features.jsonl/2"
+#: Features read from the output per block while streaming records.
+_BLOCK = 512
 
 
 def load_tokenizer(name: str | None):
-    """``AutoTokenizer`` for a local directory, or None when there is none / it cannot load offline."""
-    if not name or not os.path.isdir(str(name)):
-        return None
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(name), local_files_only=True)
-    except Exception:
-        return None
+    """``AutoTokenizer`` for a local directory, or None (the reason is logged as a warning)."""
+    return _load_tokenizer(name)[0]
 
 
 def _token_strings(tok, ids: np.ndarray) -> list[str | None]:
@@ -43,9 +50,18 @@ def _token_strings(tok, ids: np.ndarray) -> list[str | None]:
     return out
 
 
-def _feature_range(ds, features: Iterable[int] | None) -> list[int]:
+def _feature_range(ds, features: Iterable[int] | None) -> range | list[int]:
+    """The selected features, checked before any output: a ``range`` is checked by its
+    bounds (never materialised), other iterables element by element."""
     n = ds.sizes["feature"]
-    feats = list(range(n)) if features is None else [int(f) for f in features]
+    if features is None:
+        return range(n)
+    if isinstance(features, range):
+        if len(features) and not (0 <= min(features[0], features[-1]) and max(features[0], features[-1]) < n):
+            bad = features[0] if not 0 <= features[0] < n else features[-1]
+            raise ValueError(f"feature index {bad} out of range [0, {n})")
+        return features
+    feats = [int(f) for f in features]
     bad = [f for f in feats if not 0 <= f < n]
     if bad:
         raise ValueError(f"feature index {bad[0]} out of range [0, {n})")
@@ -57,17 +73,48 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
+def _edges(ds) -> dict:
+    upper = ds.bin_upper.values
+    return {"lower": ds.bin_lower.values.tolist(), "upper": [None if math.isinf(u) else float(u) for u in upper]}
+
+
+def jsonl_header(out: str | os.PathLike, tokenizer: Any = "auto") -> dict:
+    """The header record of :func:`export_jsonl`: metadata shared by every feature record."""
+    ds = open_output(out)
+    a = ds.attrs
+    tok_name = (a.get("store") or {}).get("tokenizer")
+    notice = None
+    if tokenizer == "auto":
+        notice = _load_tokenizer(tok_name)[1]
+    return {
+        "record": "header",
+        "format": JSONL_FORMAT,
+        "source": os.path.abspath(os.fspath(out)),
+        "n_features": int(ds.sizes["feature"]),
+        "top_k": int(ds.sizes["rank"]),
+        "n_samples": a.get("n_samples"),
+        "n_valid_tokens": a.get("n_valid_tokens"),
+        "histogram": _edges(ds),
+        "window_offsets": ds.window_offset.values.tolist(),
+        "store": a.get("store"),
+        "sae": a.get("sae"),
+        "tokenizer": tok_name,
+        "tokenizer_notice": notice,
+    }
+
+
 def feature_records(out: str | os.PathLike, features: Iterable[int] | None = None, tokenizer: Any = "auto"):
-    """Yield one JSON-serialisable dict per feature (statistics, histogram, top examples)."""
+    """Yield one JSON-serialisable dict per feature (statistics, histogram counts, top examples).
+
+    Shared metadata (bin bounds, window offsets, store, SAE) is in :func:`jsonl_header`.
+    The output is read per block of features (bounded memory for any SAE width).
+    """
     ds = open_output(out)
     feats = _feature_range(ds, features)
     tok = load_tokenizer(ds.attrs["store"].get("tokenizer")) if tokenizer == "auto" else tokenizer
-    lower, upper = ds.bin_lower.values, ds.bin_upper.values
-    offs = ds.window_offset.values
-    block = 512
-    for b0 in range(0, len(feats), block):
-        sel = feats[b0 : b0 + block]
-        sub = ds.isel(feature=sel).load()
+    for b0 in range(0, len(feats), _BLOCK):
+        sel = feats[b0 : b0 + _BLOCK]
+        sub = ds.isel(feature=list(sel) if not isinstance(sel, range) else slice(sel.start, sel.stop, sel.step)).load()
         for j, f in enumerate(sel):
             examples = []
             for r in range(sub.sizes["rank"]):
@@ -80,13 +127,13 @@ def feature_records(out: str | os.PathLike, features: Iterable[int] | None = Non
                     "sample": s,
                     "position": int(sub.topk_position.values[j, r]),
                     "value": float(sub.topk_value.values[j, r]),
-                    "window_offsets": offs.tolist(),
                     "tokens": ids.tolist(),
                     "token_strings": _token_strings(tok, ids) if tok is not None else None,
                     "acts": [_num(a) for a in sub.window_acts.values[j, r]],
                 })
             yield {
-                "feature": f,
+                "record": "feature",
+                "feature": int(f),
                 "dead": bool(sub.dead.values[j]),
                 "max_activation": float(sub.max_activation.values[j]),
                 "density": float(sub.density.values[j]),
@@ -95,16 +142,23 @@ def feature_records(out: str | os.PathLike, features: Iterable[int] | None = Non
                 "n_active_samples": int(sub.n_active_samples.values[j]),
                 "mean": _num(sub["mean"].values[j]),
                 "std": _num(sub["std"].values[j]),
-                "histogram": {"lower": lower.tolist(), "upper": [None if math.isinf(u) else float(u) for u in upper],
-                              "counts": sub.hist.values[j].tolist()},
+                "histogram": sub.hist.values[j].tolist(),
                 "examples": examples,
             }
 
 
 def export_jsonl(out: str | os.PathLike, path: str | os.PathLike, features: Iterable[int] | None = None) -> int:
-    """Write one JSON record per feature to ``path`` (JSON Lines); returns the record count."""
+    """Write the header record, then one record per feature, to ``path`` (JSON Lines).
+
+    Returns the number of feature records. Written to a temporary name and renamed at the end
+    (a failure — e.g. a non-finite statistic, which JSON cannot carry — leaves no file);
+    an existing ``path`` is replaced only when hvrt_dask wrote it.
+    """
+    ds = open_output(out)
+    _feature_range(ds, features)  # bad selections fail before the file is opened
     n = 0
-    with open(path, "w") as f:
+    with ownership.atomic_file(path, "sae.export.jsonl", encoding="utf8") as f:
+        f.write(json.dumps(jsonl_header(out), allow_nan=False) + "\n")
         for rec in feature_records(out, features):
             f.write(json.dumps(rec, allow_nan=False) + "\n")
             n += 1
@@ -119,18 +173,28 @@ white-space:pre-wrap}.t{padding:0 1px;border-radius:2px}.pad{color:#bbb}.stat{co
 def export_html(
     out: str | os.PathLike,
     path: str | os.PathLike,
-    features: Iterable[int] | None = range(0, 50),
+    features: Iterable[int] | None = None,
     max_examples: int = 10,
 ) -> str:
-    """Write a static HTML page of the top examples of ``features``, tokens shaded by activation.
+    """Write one static HTML page of the top examples of ``features``, tokens shaded by activation.
 
-    Shading is relative to the feature's maximum activation; the example's max token is
-    outlined; ``·`` marks positions outside the sequence.
+    ``features`` defaults to the first 50 (fewer when the SAE is smaller). Shading is relative
+    to the feature's maximum activation; the example's max token is outlined; ``·`` marks
+    positions outside the sequence. Every value is escaped; bidi controls are made visible.
+    For more than a few features build the feature browser instead (docs/site.md).
     """
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>SAE features</title><style>{_CSS}</style></head><body>"]
-    ds_attrs = open_output(out).attrs
-    parts.append(f"<h1>SAE features</h1><p class='stat'>SAE {html.escape(str(ds_attrs['sae']['path']))} "
-                 f"({ds_attrs['sae']['content_hash'][:12]}), store {html.escape(str(ds_attrs['store']['path']))}</p>")
+    ds = open_output(out)
+    if features is None:
+        features = range(min(50, ds.sizes["feature"]))
+    _feature_range(ds, features)
+    offs = ds.window_offset.values.tolist()
+    ds_attrs = ds.attrs
+    esc = lambda x: html.escape(visible_text(str(x)), quote=True)  # noqa: E731 - text and attribute contexts
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' "
+             f"content=\"default-src 'none'; style-src 'unsafe-inline'\"><title>SAE features</title><style>{_CSS}</style></head><body>"]
+    sae, store = (a if isinstance(a, dict) else {} for a in (ds_attrs.get("sae"), ds_attrs.get("store")))
+    parts.append(f"<h1>SAE features</h1><p class='stat'>SAE <bdi>{esc(sae.get('path'))}</bdi> "
+                 f"(<bdi>{esc(str(sae.get('content_hash'))[:12])}</bdi>), store <bdi>{esc(store.get('path'))}</bdi></p>")
     for rec in feature_records(out, features):
         mx = rec["max_activation"] or 1.0
         parts.append(
@@ -141,19 +205,20 @@ def export_html(
         for ex in rec["examples"][:max_examples]:
             spans = []
             names = ex["token_strings"] or [str(t) for t in ex["tokens"]]
-            for off, tid, name, a in zip(ex["window_offsets"], ex["tokens"], names, ex["acts"]):
+            for off, tid, name, a in zip(offs, ex["tokens"], names, ex["acts"]):
                 if tid < 0:
                     spans.append("<span class='t pad'>·</span>")
                     continue
                 alpha = 0.0 if a is None else max(0.0, min(1.0, a / mx))
                 cls = "t prime" if off == 0 else "t"
                 title = f"id {tid} · act {'n/a' if a is None else format(a, '.4g')}"
-                text = html.escape(name if ex["token_strings"] else f"[{name}]")
+                shown = visible_text(name if ex["token_strings"] else f"[{name}]")
+                text = html.escape(shown if len(shown) <= 32 else shown[:31] + "\u2026")
                 spans.append(f"<span class='{cls}' style='background:rgba(255,120,0,{alpha:.3f})' title='{title}'>{text}</span>")
             parts.append(f"<div class='ex'><span class='stat'>#{ex['rank']} s{ex['sample']} p{ex['position']} "
                          f"{ex['value']:.4g}</span> {''.join(spans)}</div>")
     parts.append("</body></html>")
     page = "".join(parts)
-    with open(path, "w", encoding="utf8") as f:
+    with ownership.atomic_file(path, "sae.export.html", encoding="utf8") as f:
         f.write(page)
     return os.fspath(path)

@@ -28,19 +28,77 @@ def test_jsonl_matches_dataset(result, tmp_path):
     n = export_jsonl(r.path, tmp_path / "f.jsonl")
     ds = open_output(r.path).load()
     lines = (tmp_path / "f.jsonl").read_text().splitlines()
-    assert n == len(lines) == 16
-    for line in lines:
+    assert n == len(lines) - 1 == 16
+    head = json.loads(lines[0])
+    assert head["record"] == "header" and head["n_features"] == 16
+    assert head["histogram"]["lower"] == ds.bin_lower.values.tolist()
+    assert head["window_offsets"] == [-2, -1, 0, 1, 2, 3]
+    assert head["sae"]["content_hash"] == ds.attrs["sae"]["content_hash"] and head["store"]["path"] == ds.attrs["store"]["path"]
+    assert "No tokenizer" in head["tokenizer_notice"] or "names no tokenizer" in head["tokenizer_notice"]
+    for line in lines[1:]:
         rec = json.loads(line)
+        assert rec["record"] == "feature" and "lower" not in line  # shared metadata only in the header
         f = rec["feature"]
         assert rec["max_activation"] == float(ds.max_activation[f])
         assert rec["n_active_tokens"] == int(ds.n_active_tokens[f])
-        assert rec["histogram"]["counts"] == ds.hist.values[f].tolist()
+        assert rec["histogram"] == ds.hist.values[f].tolist()
         assert len(rec["examples"]) == int((ds.topk_sample.values[f] >= 0).sum())
         for ex in rec["examples"]:
             assert ex["sample"] == int(ds.topk_sample[f, ex["rank"]])
             assert ex["tokens"] == ds.window_tokens.values[f, ex["rank"]].tolist()
             assert ex["token_strings"] is None  # no tokenizer named by the store
             assert len(ex["acts"]) == 6 and ex["acts"][2] == ex["value"]
+
+
+def test_jsonl_huge_range_and_failed_export_leave_no_file(result, tmp_path, monkeypatch):
+    root, r = result
+    with pytest.raises(ValueError, match="out of range"):
+        export_jsonl(r.path, tmp_path / "huge.jsonl", features=range(10**15))  # bounds checked, not materialised
+    assert not (tmp_path / "huge.jsonl").exists()
+    assert export_jsonl(r.path, tmp_path / "sub.jsonl", features=range(14, 16)) == 2
+    # a failure mid-stream (here: a non-finite statistic JSON cannot carry) leaves no file at all
+    import hvrt_dask.sae.export as ex
+
+    real = ex.feature_records
+
+    def failing(*a, **k):
+        for i, rec in enumerate(real(*a, **k)):
+            if i == 5:
+                rec["max_activation"] = float("inf")
+            yield rec
+
+    monkeypatch.setattr(ex, "feature_records", failing)
+    with pytest.raises(ValueError, match="Out of range float"):
+        export_jsonl(r.path, tmp_path / "bad.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".sub.jsonl.hvrt_dask-owner.json", "sub.jsonl"])
+    # a file hvrt_dask did not write is never replaced
+    (tmp_path / "mine.jsonl").write_text("user data\n")
+    monkeypatch.setattr(ex, "feature_records", real)
+    with pytest.raises(ValueError, match="not written by hvrt_dask"):
+        export_jsonl(r.path, tmp_path / "mine.jsonl")
+    assert (tmp_path / "mine.jsonl").read_text() == "user data\n"
+
+
+def test_html_tiny_sae_and_escaping(result, tmp_path):
+    root, r = result
+    page = open(export_html(r.path, tmp_path / "all.html")).read()  # default on an SAE with 16 < 50 features
+    assert page.count("<h2") == 16
+    assert "Content-Security-Policy" in page
+    # hostile attributes of a third-party output are escaped, bidi controls made visible
+    import shutil
+    import warnings
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(r.path, copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        g = zarr.open_group(copy, mode="r+")
+        g.attrs.update({"sae": {"path": "<script>x()</script>", "content_hash": "<img src=x onerror=y()>"},
+                        "store": {"path": "/t/\u202eexe.txt", "tokenizer": None}})
+        zarr.consolidate_metadata(copy)
+    page = open(export_html(copy, tmp_path / "h.html", features=[0])).read()
+    assert "<script>" not in page and "<img" not in page and "\u202e" not in page
+    assert "&lt;script&gt;x()&lt;/script&gt;" in page and "&lt;img src=x" in page and "[U+202E]exe.txt" in page
 
 
 def test_html_with_ids(result, tmp_path):

@@ -1,0 +1,196 @@
+"""Examples across the activation range: a uniform sample per (feature, activation bin), merged exactly.
+
+Auto-interpretation and feature pages need examples from the whole activation range, not only
+the top. For every feature ``f`` and every bin ``b`` of the statistics' fixed histogram bins
+(:func:`hvrt_dask.sae.stats.histogram_edges`; bin 0 is ``(0, edge[0]]``, bin ``i`` is
+``(edge[i-1], edge[i]]``, the last is ``(edge[-1], inf)``), the partial keeps the ``m`` samples
+with the **smallest keyed hash** ``h(seed, f, sample)`` among the samples whose maximum
+activation of ``f`` (over valid tokens, as in :mod:`hvrt_dask.sae.topk`) falls in ``b``.
+
+Why a keyed hash: the ``m`` smallest hashes of a set are a uniform sample of it without
+replacement, and "the ``m`` smallest under a total order" is associative and commutative, so
+:func:`merge` gives bit-identical results for any chunking, fan-in, feature block size, worker
+count, merge order or resume. The total order is ``(hash ascending, sample ascending)`` (the
+sample index breaks a 64-bit collision), and empty slots sort last.
+
+The hash is SplitMix64's finalizer (``mix``) applied twice::
+
+    key  = SeedSequence(seed, spawn_key=(crc32("range-examples"),)).generate_state(1, uint64)[0]
+    h    = mix(mix(key XOR feature) XOR sample)          (all uint64, wrapping)
+
+so it depends on the seed, the global feature index and the global sample index only — never
+on chunk or block positions.
+
+A partial is four ``[d_block, n_bins, m]`` arrays:
+
+=====================  ========  =====================================================
+``range_hash``         uint64    the keyed hash; ``EMPTY_HASH`` (2**64 - 1) when empty
+``range_sample``       int64     global sample index; -1 when empty
+``range_value``        float32   the sample's max activation of the feature; NaN when empty
+``range_position``     int32     first position of that max in the sample; -1 when empty
+=====================  ========  =====================================================
+
+Slots of a bin are in the total order (so the first ``j < m`` slots are the sample of size
+``j``). Memory: ``24 * d_block * n_bins * m`` bytes per partial (31 MB for 4,096 features,
+64 bins, ``m = 5``).
+
+Output variables (dimension ``range_slot`` of size ``m``; read by the feature browser, which
+shows "not available" when they are absent):
+
+=========================  ==================================  ===============================
+``range_sample``           (feature, bin, range_slot) int64    -1 for empty slots
+``range_value``            (feature, bin, range_slot) float32  NaN for empty slots
+``range_position``         (feature, bin, range_slot) int32    -1 for empty slots
+``range_window_tokens``    (feature, bin, range_slot, window)  as ``window_tokens``
+``range_window_acts``      (feature, bin, range_slot, window)  as ``window_acts``
+=========================  ==================================  ===============================
+
+Wiring (one pass with the top-k): per task (sample chunk x feature block) call
+:func:`chunk_partial` on the same per-sample maxima / first argmax the top-k uses, with
+``feature_offset`` = the block's first feature; merge the block's partials in its tree with
+:func:`merge`; the root's live ``(feature, range_sample, range_position)`` triples get windows
+exactly like top-k examples; :func:`finalize` gives the output variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hvrt_dask._seeding import seed_sequence
+
+KEYS = ("range_hash", "range_sample", "range_value", "range_position")
+#: Output variables of the extraction (see the table above).
+OUTPUT_VARS = ("range_sample", "range_value", "range_position", "range_window_tokens", "range_window_acts")
+SLOT_DIM = "range_slot"
+EMPTY_HASH = np.uint64(2**64 - 1)
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def hash_key(seed: int) -> np.uint64:
+    """The 64-bit key of ``seed`` (from :class:`numpy.random.SeedSequence`)."""
+    return np.uint64(seed_sequence(int(seed), "range-examples").generate_state(1, np.uint64)[0])
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer on a uint64 array (wrapping arithmetic)."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_hash(seed: int, features: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """``h(seed, feature, sample)`` for broadcastable non-negative integer arrays (uint64)."""
+    f = np.asarray(features, np.int64).astype(np.uint64)
+    s = np.asarray(samples, np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return _mix(_mix(np.bitwise_xor(f, hash_key(seed))) ^ s)
+
+
+def empty(d_block: int, n_bins: int, m: int) -> dict[str, np.ndarray]:
+    """A partial with no examples."""
+    shape = (d_block, n_bins, m)
+    return {
+        "range_hash": np.full(shape, EMPTY_HASH, np.uint64),
+        "range_sample": np.full(shape, -1, np.int64),
+        "range_value": np.full(shape, np.nan, np.float32),
+        "range_position": np.full(shape, -1, np.int32),
+    }
+
+
+def bins_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Histogram bin of positive float32 ``values`` (same rule as the statistics' ``bucketize``)."""
+    return np.searchsorted(np.asarray(edges, np.float32), np.asarray(values, np.float32), side="left")
+
+
+def chunk_partial(
+    sample_max: np.ndarray,
+    sample_argmax: np.ndarray,
+    sample_ids: np.ndarray,
+    edges: np.ndarray,
+    m: int,
+    seed: int,
+    feature_offset: int = 0,
+) -> dict[str, np.ndarray]:
+    """The partial of one (sample chunk, feature block).
+
+    Parameters
+    ----------
+    sample_max : numpy.ndarray
+        ``[S, d_block]`` float32, each sample's max activation of each feature of the block
+        (over valid tokens; ``<= 0`` means inactive and is never an example).
+    sample_argmax : numpy.ndarray
+        ``[S, d_block]`` int, first position of that max.
+    sample_ids : numpy.ndarray
+        ``[S]`` global sample indices (distinct).
+    edges : numpy.ndarray
+        The statistics' inner histogram edges (float32, ``n_bins - 1`` of them).
+    m : int
+        Examples per (feature, bin).
+    seed : int
+        Keys the hash (the extraction's seed).
+    feature_offset : int
+        Global index of the block's first feature (the hash uses global indices).
+    """
+    m = _check_m(m)
+    s, d_block = sample_max.shape
+    n_bins = len(edges) + 1
+    out = empty(d_block, n_bins, m)
+    si, fi = np.nonzero(sample_max > 0)
+    if si.size == 0:
+        return out
+    ids = np.asarray(sample_ids, np.int64)[si]
+    vals = np.asarray(sample_max[si, fi], np.float32)
+    group = fi.astype(np.int64) * n_bins + bins_of(vals, edges)
+    h = keyed_hash(seed, fi.astype(np.int64) + int(feature_offset), ids)
+    order = np.lexsort((ids, h, group))  # group asc, then (hash, sample) asc
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    rank = np.arange(g.size) - np.repeat(starts, np.diff(np.r_[starts, g.size]))
+    keep = rank < m
+    o, g, r = order[keep], g[keep], rank[keep]
+    fb, bb = g // n_bins, g % n_bins
+    out["range_hash"][fb, bb, r] = h[o]
+    out["range_sample"][fb, bb, r] = ids[o]
+    out["range_value"][fb, bb, r] = vals[o]
+    out["range_position"][fb, bb, r] = np.asarray(sample_argmax[si, fi], np.int32)[o]
+    return out
+
+
+def merge(partials: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Exact merge of partials of the same feature block over disjoint samples.
+
+    Keeps, per (feature, bin), the ``m`` smallest ``(hash, sample)`` of all partials. The
+    result does not depend on the grouping or order of the partials (associative and
+    commutative), so any tree gives bit-identical arrays.
+    """
+    if not partials:
+        raise ValueError("merge needs at least one partial")
+    shape = partials[0]["range_hash"].shape
+    for i, p in enumerate(partials):
+        if p["range_hash"].shape != shape:
+            raise ValueError(f"partial {i} has shape {p['range_hash'].shape}, expected {shape} (same feature block, bins, m)")
+    if len(partials) == 1:
+        return {k: partials[0][k].copy() for k in KEYS}
+    m = shape[2]
+    cat = {k: np.concatenate([p[k] for p in partials], axis=2) for k in KEYS}
+    samp = cat["range_sample"]
+    dead = samp < 0
+    order = np.lexsort((np.where(dead, np.iinfo(np.int64).max, samp), cat["range_hash"], dead), axis=-1)[..., :m]
+    return {k: np.take_along_axis(cat[k], order, axis=-1) for k in KEYS}
+
+
+def finalize(partial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The output variables (``range_sample``, ``range_value``, ``range_position``; the hash is dropped)."""
+    return {k: partial[k] for k in KEYS if k != "range_hash"}
+
+
+def _check_m(m) -> int:
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"range examples per bin (hvrt.extract.range-examples) must be an integer >= 1, got {m!r}")
+    return int(m)
