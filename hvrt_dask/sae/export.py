@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from hvrt_dask import ownership
 from hvrt_dask.sae.output import open_output
+
+KIND_JSONL, KIND_HTML = "sae.export.jsonl", "sae.export.html"  # ownership kinds of the two exports
 
 
 def load_tokenizer(name: str | None):
@@ -102,9 +105,15 @@ def feature_records(out: str | os.PathLike, features: Iterable[int] | None = Non
 
 
 def export_jsonl(out: str | os.PathLike, path: str | os.PathLike, features: Iterable[int] | None = None) -> int:
-    """Write one JSON record per feature to ``path`` (JSON Lines); returns the record count."""
+    """Write one JSON record per feature to ``path`` (JSON Lines); returns the record count.
+
+    Written to a temporary file renamed into place at the end (:func:`hvrt_dask.ownership.atomic_file`):
+    a failure never leaves a truncated file, and an existing ``path`` is replaced only when
+    hvrt_dask wrote it.
+    """
+    ownership.check_output_path(path, KIND_JSONL, inputs=(out,))
     n = 0
-    with open(path, "w") as f:
+    with ownership.atomic_file(path, KIND_JSONL, "w") as f:
         for rec in feature_records(out, features):
             f.write(json.dumps(rec, allow_nan=False) + "\n")
             n += 1
@@ -154,6 +163,7 @@ def export_html(
                          f"{ex['value']:.4g}</span> {''.join(spans)}</div>")
     parts.append("</body></html>")
     page = "".join(parts)
-    with open(path, "w", encoding="utf8") as f:
+    ownership.check_output_path(path, KIND_HTML, inputs=(out,))
+    with ownership.atomic_file(path, KIND_HTML, "w", encoding="utf8") as f:
         f.write(page)
     return os.fspath(path)
