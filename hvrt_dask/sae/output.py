@@ -70,6 +70,10 @@ KIND = "sae.features"  # ownership kind of extraction outputs
 FORMAT = "hvrt_dask.sae_features/2"
 #: Output chunk along ``feature`` (at most; a divisor of the feature block so block writes align).
 FEATURE_CHUNK = 1024
+#: Chunk of the window arrays along ``rank``: ranks beyond a chunk's last example stay unwritten fill,
+#: so the window arrays' bytes on disk follow the examples found, not ``d_sae x top_k``.
+RANK_CHUNK = 8
+WINDOW_ARRAYS = ("window_tokens", "window_acts")
 _COORDS = "feature rank window_offset bin_lower bin_upper"
 
 
@@ -111,8 +115,12 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
     }
     shape = {"feature": d_sae, "rank": top_k, "window": w, "bin": n_bins}
     for name, (dims, dtype, fill) in spec.items():
-        kw = {"compressors": (fast_codec(),)} if name in ("window_tokens", "window_acts") else {}
-        a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=(fc,) + tuple(shape[d] for d in dims[1:]),
+        chunks = (fc,) + tuple(shape[d] for d in dims[1:])
+        kw = {}
+        if name in WINDOW_ARRAYS:
+            kw = {"compressors": (fast_codec(),)}
+            chunks = (fc, min(RANK_CHUNK, top_k), w)
+        a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=chunks,
                            dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True, **kw)
         if name != "feature":
             a.attrs["coordinates"] = _COORDS
@@ -122,9 +130,9 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
         a[:] = values
 
 
-def block_arrays(top: dict, stats: dict, lo: int, top_k: int, w: int, windows) -> dict[str, np.ndarray]:
-    """The output arrays of one feature block from its merged partial's top-k and statistics
-    and the window results ``(slots, tokens, acts)`` (slot = local feature * top_k + rank).
+def block_arrays(top: dict, stats: dict, lo: int, top_k: int) -> dict[str, np.ndarray]:
+    """The output arrays (all but the windows) of one feature block from its merged
+    partial's top-k and statistics.
 
     Raises
     ------
@@ -144,14 +152,8 @@ def block_arrays(top: dict, stats: dict, lo: int, top_k: int, w: int, windows) -
     smp = np.pad(top["samples"], ((0, 0), (0, pad)), constant_values=-1)
     pos = np.pad(top["positions"], ((0, 0), (0, pad)), constant_values=-1)
     vals[smp < 0] = np.nan
-    wt = np.full((b * top_k, w), -1, np.int32)
-    wa = np.full((b * top_k, w), np.nan, np.float32)
-    for res in windows:
-        wt[res["slots"]] = res["tokens"]
-        wa[res["slots"]] = res["acts"]
     return {
         "topk_value": vals, "topk_sample": smp, "topk_position": pos,
-        "window_tokens": wt.reshape(b, top_k, w), "window_acts": wa.reshape(b, top_k, w),
         "max_activation": stats["max"].astype(np.float32),
         "n_active_tokens": stats["n_active_tokens"].astype(np.int64),
         "n_active_samples": stats["n_active_samples"].astype(np.int64),
@@ -161,9 +163,16 @@ def block_arrays(top: dict, stats: dict, lo: int, top_k: int, w: int, windows) -
     }
 
 
-def write_region(out: str, lo: int, arrays: dict[str, np.ndarray]) -> int:
-    """Write ``arrays`` into features ``[lo, lo + len)`` of the output (chunk-aligned by
-    construction: see :func:`create_output`); returns the bytes of array data handed to Zarr."""
+def write_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndarray, tokens: np.ndarray,
+                acts: np.ndarray, top_k: int) -> int:
+    """Write one feature block into features ``[lo, lo + width)`` of the output; returns the
+    bytes of array data handed to Zarr.
+
+    Every write is aligned to the output's chunks (:func:`create_output`): a block starts on
+    a feature chunk and ends on one or at ``d_sae``. The windows are written one feature
+    chunk at a time, only over the rank chunks that hold examples (``slots`` = local feature
+    x top_k + rank, sorted; ``tokens``/``acts`` ``[E, W]``); the rest stays fill.
+    """
     import zarr
 
     g = zarr.open_group(out, mode="r+")
@@ -171,6 +180,25 @@ def write_region(out: str, lo: int, arrays: dict[str, np.ndarray]) -> int:
     for name, a in arrays.items():
         g[name][lo : lo + len(a)] = a
         n += a.nbytes
+    width = len(arrays["feature"])
+    wt_arr, wa_arr = g["window_tokens"], g["window_acts"]
+    fc, rc, w = wa_arr.chunks
+    for a in range(0, width, fc):
+        b = min(a + fc, width)
+        i, e = np.searchsorted(slots, [a * top_k, b * top_k])
+        if i == e:
+            continue  # no example in these features: fill
+        local = slots[i:e] - a * top_k
+        ranks = -(-(int((local % top_k).max()) + 1) // rc) * rc  # whole rank chunks
+        ranks = min(ranks, top_k)
+        feat, rank = local // top_k, local % top_k
+        wt = np.full((b - a, ranks, w), -1, np.int32)
+        wa = np.full((b - a, ranks, w), np.nan, np.float32)
+        wt[feat, rank] = tokens[i:e]
+        wa[feat, rank] = acts[i:e]
+        wt_arr[lo + a : lo + b, :ranks] = wt
+        wa_arr[lo + a : lo + b, :ranks] = wa
+        n += wt.nbytes + wa.nbytes
     return n
 
 

@@ -9,7 +9,7 @@ from hvrt_dask.sae import stats as _stats
 from hvrt_dask.sae import topk as _topk
 from hvrt_dask.sae.extract import checkpoint as ckpt
 from hvrt_dask.sae.extract.params import Block, RunSpec
-from hvrt_dask.sae.output import block_arrays, write_region
+from hvrt_dask.sae.output import block_arrays, write_block
 
 
 def block_examples(root) -> tuple[np.ndarray, np.ndarray]:
@@ -23,12 +23,10 @@ def block_examples(root) -> tuple[np.ndarray, np.ndarray]:
 
 def finish_block(run: RunSpec, block: Block, root, *windows: dict) -> dict:
     """Write block ``block``'s features of the output; returns the block's run metadata."""
-    import zarr
-
     part = ckpt.resolve(root)
     top = _topk.aggregate({k: part[k] for k in _topk.KEYS})
     stats = _stats.aggregate({k: part[k] for k in ("max", *_stats.SUM_KEYS)})
-    k = run.top_k
+    arrays = block_arrays(top, stats, block.lo, run.top_k)
     if windows:
         slots = np.concatenate([w["slots"] for w in windows])
         order = np.argsort(slots, kind="stable")
@@ -37,17 +35,7 @@ def finish_block(run: RunSpec, block: Block, root, *windows: dict) -> dict:
         acts = np.concatenate([w["acts"] for w in windows])[order]
     else:
         slots, toks, acts = np.zeros(0, np.int64), np.zeros((0, run.window), np.int32), np.zeros((0, run.window), np.float32)
-    # one output chunk of features at a time: memory holds the windows found plus one chunk
-    fc = zarr.open_group(run.out, mode="r")["topk_value"].chunks[0]
-    nbytes = 0
-    for a in range(0, block.width, fc):
-        b = min(a + fc, block.width)
-        i, e = np.searchsorted(slots, [a * k, b * k])
-        sub = {"slots": slots[i:e] - a * k, "tokens": toks[i:e], "acts": acts[i:e]}
-        arrays = block_arrays({key: v[a:b] for key, v in top.items()},
-                              {key: (v[a:b] if np.ndim(v) else v) for key, v in stats.items()},
-                              block.lo + a, k, run.window, [sub])
-        nbytes += write_region(run.out, block.lo + a, arrays)
+    nbytes = write_block(run.out, block.lo, arrays, slots, toks, acts, run.top_k)
     return {
         "workers": [str(x) for x in part["workers"]],
         "batch_size": int(part["batch_size"]),

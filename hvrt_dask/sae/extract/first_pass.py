@@ -21,13 +21,28 @@ class NonFiniteActivationError(ValueError):
     """A valid token of the activation store holds NaN or inf (message names chunk and sample)."""
 
 
+_STORES: dict[tuple[str, float], object] = {}
+
+
+def _open(store: str):
+    """The opened store, once per process while its metadata file is unchanged."""
+    import os
+
+    key = (store, os.stat(os.path.join(store, "zarr.json")).st_mtime)
+    st = _STORES.get(key)
+    if st is None:
+        _STORES.clear()
+        st = _STORES[key] = open_store(store, require_complete=False)
+    return st
+
+
 def read_samples(store: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Activations, token ids and mask of samples ``[start, stop)``.
 
     Whole store chunks are read (Zarr decodes whole chunks anyway) and each is checked
     against the checksum its writer recorded (:func:`hvrt_dask.sae.store.read_chunk`).
     """
-    st = open_store(store, require_complete=False)
+    st = _open(store)
     cs = st.chunk_samples
     parts = [read_store_chunk(st, i) for i in range(start // cs, -(-stop // cs))]
     a = start - (start // cs) * cs
