@@ -416,7 +416,7 @@ def gpu_mode(args) -> str:
 # ---------------------------------------------------------------------------------------------
 # width sweep (feature blocks): every measurement in a fresh process
 
-SWEEP_N, SWEEP_SEQ, SWEEP_D_IN, SWEEP_CHUNK = 64, 32, 64, 16
+SWEEP_N, SWEEP_SEQ, SWEEP_D_IN, SWEEP_CHUNK = 64, 32, 64, 64
 SWEEP_BEGIN, SWEEP_END = "<!-- width-sweep -->", "<!-- /width-sweep -->"
 
 

@@ -39,10 +39,20 @@ def _tmp(fn: str) -> str:
     return f"{fn}.tmp-{os.getpid()}-{threading.get_ident()}"
 
 
+#: Partial arrays stored sparse (most features fire in few histogram bins).
+SPARSE = ("hist",)
+
+
 def save_npz(fn: str, partial: dict) -> dict:
     """Write a partial atomically; returns its handle ``{"ref": fn}``."""
     tmp = _tmp(fn) + ".npz"
-    np.savez(tmp, **partial)
+    arrays = dict(partial)
+    for key in SPARSE:
+        if key in arrays:
+            a = arrays.pop(key)
+            nz = np.flatnonzero(a)
+            arrays.update({f"{key}.shape": np.array(a.shape, np.int64), f"{key}.index": nz, f"{key}.value": a.reshape(-1)[nz]})
+    np.savez(tmp, **arrays)
     os.replace(tmp, fn)
     return {"ref": fn}
 
@@ -92,7 +102,14 @@ def resumable(done: str, data: str, fingerprint: str) -> bool:
 def load_partial(path: str) -> dict:
     """Read a partial written by :func:`save_npz`."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        out = {k: z[k] for k in z.files}
+    for key in SPARSE:
+        if f"{key}.shape" in out:
+            shape, nz, val = out.pop(f"{key}.shape"), out.pop(f"{key}.index"), out.pop(f"{key}.value")
+            a = np.zeros(int(np.prod(shape)), val.dtype)
+            a[nz] = val
+            out[key] = a.reshape(tuple(shape))
+    return out
 
 
 def resolve(part: dict) -> dict:
