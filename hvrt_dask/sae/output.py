@@ -28,7 +28,6 @@ Coordinates ``feature``, ``rank``, ``window_offset`` (window, -prefix..suffix), 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time

@@ -16,7 +16,7 @@ from hvrt_dask._client import resolve_client
 from hvrt_dask.sae import stats as _stats
 from hvrt_dask.sae.extract import checkpoint as ckpt
 from hvrt_dask.sae.extract import finish, first_pass, windows
-from hvrt_dask.sae.extract.executor import Done, Executor, gpu_resources
+from hvrt_dask.sae.extract.executor import Executor, gpu_resources
 from hvrt_dask.sae.extract.params import Block, Chunk, RunSpec, plan_blocks, plan_chunks
 from hvrt_dask.sae.extract.progress import Progress
 from hvrt_dask.sae.extract.tree import StreamingTree
@@ -430,4 +430,4 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-__all__ = ["ExtractionResult", "extract_features", "Done"]
+__all__ = ["ExtractionResult", "extract_features"]

@@ -138,7 +138,7 @@ def _window_plan(s_loc, pos, t, prefix, suffix, enc):
     Returns ``order`` (examples grouped by pseudo-sample), per pseudo-sample ``starts`` (into
     ``order``), ``m`` (examples), ``sample``, first row ``r0``, ``rows`` and ``full`` (encode
     all features). Work of a pseudo-sample: ``rows * (width + WINDOW_ROW_OVERHEAD)``, with
-    ``width`` = ``d_sae`` when fully encoded, else ``m`` (smaller tiles encode fewer rows per
+    ``width`` = the block width when fully encoded, else ``m`` (smaller tiles encode fewer rows per
     example but more rows in all, each with a fixed cost).
     """
     best = None
