@@ -470,6 +470,7 @@ def sweep_one(workdir: str, d_sae: int, variant: str) -> dict:
         r = extract_features(os.path.join(workdir, "store"), os.path.join(workdir, f"sae-{d_sae}-{variant}"), out,
                              top_k=K, client=c, progress=False, overwrite=True)
         wall = time.perf_counter() - t0
+        client_peak = _vmhwm_mib()  # before anything below reads the output
         worker = max(c.run(_vmhwm_mib).values())
     finally:
         c.close()
@@ -477,9 +478,10 @@ def sweep_one(workdir: str, d_sae: int, variant: str) -> dict:
     import zarr
 
     g = zarr.open_group(out, mode="r")
-    n_ex = int((g["topk_sample"][:] >= 0).sum())
+    a = g["topk_sample"]
+    n_ex = sum(int((a[i : i + 65536] >= 0).sum()) for i in range(0, a.shape[0], 65536))
     t = r.timings
-    res = {"d_sae": d_sae, "variant": variant, "wall": wall, "client": _vmhwm_mib(), "worker": worker,
+    res = {"d_sae": d_sae, "variant": variant, "wall": wall, "client": client_peak, "worker": worker,
            "worker_start": max(base.values()), "disk": t["output_disk_bytes"], "examples": n_ex,
            "first": t["first_pass_s"], "second": t["second_pass_s"]}
     shutil.rmtree(out)
