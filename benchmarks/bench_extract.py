@@ -20,9 +20,19 @@ The SAE is random with ``b_enc = -2.33`` so that about 1 % of latents fire per t
 ``--gpu``: 100,000 x 128 x 768 float16 store on local disk, d_sae 16384, one GPU worker:
 end-to-end time and the pipeline's store read rate against a plain read of the same store.
 
+``--width-sweep``: 64 samples x 32 tokens, d_in 64, float32, top_k 100, a 1-worker
+LocalCluster, random ReLU SAEs whose bias leaves about 50 latents active per token, at each
+``--widths`` (default 16,384 / 131,072 / 1,048,576), plus the dense variant (~31 % active)
+at 131,072. Each run is a fresh process (its VmHWM is the client's + scheduler's peak) with a
+fresh cluster (the worker's VmHWM); store and SAE are written by another process first.
+Results replace the width-sweep section of ``results/extract.md``.
+
+``--realistic``: d_in 768, d_sae 131,072, seq 128, ``--realistic-samples`` samples: end to end
+against the matmul alone (same run, same tokens).
+
 Usage::
 
-    .venv/bin/python benchmarks/bench_extract.py [--samples 192] [--gpu]
+    .venv/bin/python benchmarks/bench_extract.py [--samples 192] [--gpu] [--width-sweep] [--realistic]
 """
 
 from __future__ import annotations
@@ -403,7 +413,236 @@ def gpu_mode(args) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# width sweep (feature blocks): every measurement in a fresh process
+
+SWEEP_N, SWEEP_SEQ, SWEEP_D_IN, SWEEP_CHUNK = 64, 32, 64, 64
+SWEEP_BEGIN, SWEEP_END = "<!-- width-sweep -->", "<!-- /width-sweep -->"
+
+
+def _vmhwm_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sweep_bias(d_sae: int, variant: str, l0: float = 50.0) -> float:
+    """b_enc giving ~``l0`` active latents per token (pre-activations are ~N(b, 1)), or ~31 %."""
+    from statistics import NormalDist
+
+    return -0.5 if variant == "dense" else -NormalDist().inv_cdf(1 - l0 / d_sae)
+
+
+def sweep_make(workdir: str, d_sae: int, variant: str, seq: int = SWEEP_SEQ, d_in: int = SWEEP_D_IN,
+               n: int = SWEEP_N, chunk: int = SWEEP_CHUNK) -> None:
+    """Store and SAE of one sweep point (run in its own process: the client never holds the SAE)."""
+    rng = np.random.default_rng(0)
+    store, sae = os.path.join(workdir, "store"), os.path.join(workdir, f"sae-{d_sae}-{variant}")
+    if not os.path.exists(store):
+        g = create_store(store, n, seq, d_in, chunk, dtype="float32",
+                         attrs={"model": "synthetic", "layer": 0, "hook": "resid", "tokenizer": None})
+        g["activations"][:] = rng.standard_normal((n, seq, d_in), dtype=np.float32)
+        g["tokens"][:] = rng.integers(0, 50000, size=(n, seq), dtype=np.int32)
+        g["mask"][:] = True
+        g["done"][:] = True
+        mark_complete(store)
+    if not os.path.exists(sae):
+        W = np.empty((d_in, d_sae), np.float32)
+        for a in range(0, d_sae, 65536):  # x ~ N(0, I): x @ W[:, j] ~ N(0, 1)
+            b = min(d_sae, a + 65536)
+            W[:, a:b] = rng.standard_normal((d_in, b - a), dtype=np.float32) / np.float32(np.sqrt(d_in))
+        save_sae(sae, {"W_enc": W, "b_enc": np.full(d_sae, sweep_bias(d_sae, variant), np.float32),
+                       "W_dec": np.ascontiguousarray(W.T), "b_dec": np.zeros(d_in, np.float32)},
+                 {"d_in": d_in, "d_sae": d_sae, "architecture": "standard"})
+
+
+def sweep_one(workdir: str, d_sae: int, variant: str) -> dict:
+    """One extraction on a fresh 1-worker cluster; wall, peaks, output bytes (printed as JSON)."""
+    from hvrt_dask.sae.extract import extract_features
+
+    lc, c = cluster(threads=1)
+    try:
+        base = c.run(_vmhwm_mib)
+        out = os.path.join(workdir, f"out-{d_sae}-{variant}")
+        t0 = time.perf_counter()
+        r = extract_features(os.path.join(workdir, "store"), os.path.join(workdir, f"sae-{d_sae}-{variant}"), out,
+                             top_k=K, client=c, progress=False, overwrite=True)
+        wall = time.perf_counter() - t0
+        client_peak = _vmhwm_mib()  # before anything below reads the output
+        worker = max(c.run(_vmhwm_mib).values())
+    finally:
+        c.close()
+        lc.close()
+    import zarr
+
+    g = zarr.open_group(out, mode="r")
+    a = g["topk_sample"]
+    n_ex = sum(int((a[i : i + 65536] >= 0).sum()) for i in range(0, a.shape[0], 65536))
+    t = r.timings
+    res = {"d_sae": d_sae, "variant": variant, "wall": wall, "client": client_peak, "worker": worker,
+           "worker_start": max(base.values()), "disk": t["output_disk_bytes"], "examples": n_ex,
+           "first": t["first_pass_s"], "second": t["second_pass_s"]}
+    shutil.rmtree(out)
+    return res
+
+
+def _child(args_list: list[str]) -> dict | None:
+    import json
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), *args_list], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        print(p.stdout[-3000:], p.stderr[-3000:], file=sys.stderr)
+        return None
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _disk_write_mib_s(workdir: str, mib: int = 512) -> float:
+    """Sequential write rate of the work directory's disk (fsync'd), for the dense run's context."""
+    fn = os.path.join(workdir, "ddtest")
+    buf = os.urandom(1 << 20)
+    t0 = time.perf_counter()
+    with open(fn, "wb") as f:
+        for _ in range(mib):
+            f.write(buf)
+        f.flush()
+        os.fsync(f.fileno())
+    dt = time.perf_counter() - t0
+    os.remove(fn)
+    return mib / dt
+
+
+def width_sweep(args) -> str:
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_width_")
+    widths = [int(w) for w in args.widths.split(",")]
+    points = [(w, "sparse") for w in widths] + ([(131072, "dense")] if args.dense else [])
+    rows = []
+    for d, v in points:
+        print(f"width sweep: d_sae {d:,} {v}", file=sys.stderr, flush=True)
+        if _child(["--_sweep-make", workdir, str(d), v]) is None:
+            rows.append({"d_sae": d, "variant": v, "failed": True})
+            continue
+        r = _child(["--_sweep-one", workdir, str(d), v])
+        rows.append(r if r else {"d_sae": d, "variant": v, "failed": True})
+        shutil.rmtree(os.path.join(workdir, f"sae-{d}-{v}"), ignore_errors=True)
+    disk = _disk_write_mib_s(workdir)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    lines = [
+        SWEEP_BEGIN,
+        "## Width sweep (feature blocks)",
+        "",
+        f"{SWEEP_N} samples x {SWEEP_SEQ} tokens, d_in {SWEEP_D_IN}, float32 store (chunk {SWEEP_CHUNK}), top_k {K}, "
+        "context 25/25, 1-worker LocalCluster (1 thread, torch threads = cores), feature block "
+        f"{_feature_block()} (default), random ReLU SAE with b_enc set for ~50 active latents per token "
+        "(dense: b_enc = -0.5, ~31 % active). Each row: a fresh process (client + scheduler VmHWM) and a "
+        "fresh worker (worker VmHWM; its VmHWM after start-up, torch imported, in brackets). "
+        f"Disk: sequential fsync'd write {disk:,.0f} MiB/s. Machine: {machine_description()}",
+        "",
+        "| d_sae | SAE | wall s | first pass s | windows + write s | client+scheduler peak MiB | worker peak MiB "
+        "| examples | output on disk MiB | output MiB/s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.get("failed"):
+            lines.append(f"| {r['d_sae']:,} | {r['variant']} | failed | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['d_sae']:,} | {r['variant']} | {r['wall']:.1f} | {r['first']:.1f} | {r['second']:.1f} "
+            f"| {r['client']:,.0f} | {r['worker']:,.0f} ({r['worker_start']:,.0f}) | {r['examples']:,} "
+            f"| {r['disk'] / 2**20:,.1f} | {r['disk'] / 2**20 / max(r['second'], 1e-9):,.0f} |")
+    ok = [r for r in rows if not r.get("failed")]
+    lines += ["", "| target | measured | status |", "|---|---|---|"]
+    for r in ok:
+        lines.append(f"| d_sae {r['d_sae']:,} {r['variant']}: client peak <= 1 GiB, worker peak <= 2 GiB "
+                     f"| {r['client']:,.0f} / {r['worker']:,.0f} MiB "
+                     f"| {'met' if r['client'] <= 1024 and r['worker'] <= 2048 else 'NOT met'} |")
+    for d, lim in ((131072, 8.0), (1048576, 60.0)):
+        r = next((x for x in ok if x["d_sae"] == d and x["variant"] == "sparse"), None)
+        if r:
+            lines.append(f"| d_sae {d:,} in <= {lim:.0f} s | {r['wall']:.1f} s | {'met' if r['wall'] <= lim else 'NOT met'} |")
+    lines += ["", SWEEP_END]
+    return "\n".join(lines)
+
+
+def _feature_block() -> int:
+    from hvrt_dask import config
+
+    return int(config.get("extract.feature-block", 16384))
+
+
+def realistic(args) -> str:
+    """d_in 768, d_sae 131,072, seq 128: end to end vs the matmul alone in the same run."""
+    import torch
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_real_")
+    n, d, seq, d_in = args.realistic_samples, 131072, 128, 768
+    _child(["--_sweep-make", workdir, str(d), "sparse", "--_shape", f"{seq},{d_in},{n},{args.chunk}"])
+    store, sae = os.path.join(workdir, "store"), os.path.join(workdir, f"sae-{d}-sparse")
+    from hvrt_dask.sae.store import open_store
+    from safetensors.torch import load_file
+
+    W = load_file(os.path.join(sae, "sae_weights.safetensors"))
+    Wt, b = W["W_enc"], W["b_enc"]
+    acts = open_store(store).activations[:]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = torch.empty(2048, d)
+        for a in range(0, n * seq, 2048):
+            x = torch.from_numpy(acts.reshape(-1, d_in)[a : a + 2048])
+            torch.addmm(b, x, Wt, out=out[: x.shape[0]]).relu_()
+    t_mm = time.perf_counter() - t0
+    del W, Wt, b, acts, out
+    r = _child(["--_sweep-one", workdir, str(d), "sparse"])
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    tok = n * seq
+    lines = ["## Realistic width on CPU", "",
+             f"d_in {d_in}, d_sae {d:,}, seq {seq}, {n} samples ({tok:,} tokens), float32, top_k {K}, store chunk "
+             f"{args.chunk}; matmul alone (addmm + ReLU into a reused buffer, 2048-token batches, data in memory) "
+             f"and the pipeline in the same run. Machine: {machine_description()}", "",
+             "| what | seconds | tokens/s |", "|---|---:|---:|",
+             f"| matmul alone | {t_mm:.1f} | {tok / t_mm:,.0f} |"]
+    if r:
+        lines.append(f"| pipeline end to end | {r['wall']:.1f} | {tok / r['wall']:,.0f} |")
+        lines.append(f"| pipeline first pass | {r['first']:.1f} | {tok / r['first']:,.0f} |")
+        lines += ["", f"End to end: {100 * t_mm / r['wall']:.0f} % of the matmul-only tokens/s (target >= 70 %; "
+                  f"matmul alone {'>=' if t_mm >= 60 else '<'} 60 s). Peaks: client+scheduler {r['client']:,.0f} MiB, "
+                  f"worker {r['worker']:,.0f} MiB."]
+    else:
+        lines.append("| pipeline | failed | |")
+    return "\n".join(lines)
+
+
+def _replace_section(path: str, text: str, begin: str, end: str) -> None:
+    old = open(path).read() if os.path.exists(path) else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + text + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + text + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("--_sweep-make", "--_sweep-one"):
+        import json
+
+        mode, workdir, d, v = sys.argv[1:5]
+        shape = {}
+        if "--_shape" in sys.argv:
+            seq, d_in, n, chunk = (int(x) for x in sys.argv[sys.argv.index("--_shape") + 1].split(","))
+            shape = {"seq": seq, "d_in": d_in, "n": n, "chunk": chunk}
+        if mode == "--_sweep-make":
+            sweep_make(workdir, int(d), v, **shape)
+            print("{}")
+        else:
+            print(json.dumps(sweep_one(workdir, int(d), v)))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--samples-large", default="2048,8192", help="larger pipeline runs, comma-separated (0: none)")
@@ -418,7 +657,22 @@ def main() -> None:
     p.add_argument("--gpu-chunk", type=int, default=2000)
     p.add_argument("--workdir", default=None, help="--gpu: keep the store here (reused between runs)")
     p.add_argument("--out", default=None)
+    p.add_argument("--width-sweep", action="store_true")
+    p.add_argument("--widths", default="16384,131072,1048576")
+    p.add_argument("--no-dense", dest="dense", action="store_false")
+    p.add_argument("--realistic", action="store_true")
+    p.add_argument("--realistic-samples", type=int, default=128)
     args = p.parse_args()
+    if args.width_sweep or args.realistic:
+        parts = ([width_sweep(args)] if args.width_sweep else []) + ([realistic(args)] if args.realistic else [])
+        report = "\n\n".join(parts)
+        print(report)
+        if args.width_sweep and args.realistic:  # both live in one section
+            report = report.replace(SWEEP_END + "\n\n", "\n\n").rstrip() + "\n\n" + SWEEP_END
+        elif args.realistic:
+            report = f"{SWEEP_BEGIN}\n{report}\n{SWEEP_END}"
+        _replace_section(args.out or os.path.join(HERE, "results", "extract.md"), report, SWEEP_BEGIN, SWEEP_END)
+        return
     report = gpu_mode(args) if args.gpu else cpu_mode(args)
     print(report)
     out = args.out or os.path.join(HERE, "results", "extract_gpu.md" if args.gpu else "extract.md")

@@ -28,16 +28,22 @@ import time
 from typing import Any
 
 from hvrt_dask import ownership
+from hvrt_dask.sae import export as _export
+from hvrt_dask.sae import output as _features
+from hvrt_dask.sae import store as _store
+from hvrt_dask.sae import weights as _weights
+from hvrt_dask.sae.site import build as _site
 from pipelines.schema import OUTPUTS, ConfigError, PipelineConfig
 
+# The engines' own ownership kinds (one name per concept: the run layer and the library agree).
 KINDS = {
     "expand": "hvrt.expand",
     "reduce": "hvrt.reduce",
-    "capture": "sae.store",
-    "train_sae": "sae.weights",
-    "extract": "sae.features",
-    "html": "sae.html",
-    "jsonl": "sae.jsonl",
+    "capture": _store.KIND,
+    "train_sae": _weights.KIND,
+    "extract": _features.KIND,
+    "html": _site.KIND,
+    "jsonl": _export.KIND_JSONL,
 }
 STAGING_KIND = "pipelines.staging"
 # A file every engine output of that stage holds once the engine has started writing it: an
@@ -218,6 +224,9 @@ def path_identity(path: str) -> Any:
     if os.path.isfile(p):
         st = os.stat(p)
         return [st.st_size, st.st_mtime_ns]
+    if ownership.owned_by(p, _store.KIND) and ownership.is_complete(p):
+        # an activation store records a checksum per chunk: its fingerprint is metadata only
+        return {"store": _store.open_store(p).fingerprint()}
     done = ownership.read_complete(p)
     if done is not None and done.get("checksums"):
         return {"checksums": hashlib.sha256(json.dumps(done["checksums"], sort_keys=True).encode()).hexdigest()}

@@ -211,15 +211,15 @@ class ExtractSection:
 
 @dataclass
 class HtmlSection:
-    """``hvrt_dask.sae.export.export_html(out, path, features, max_examples)``.
+    """``hvrt_dask.sae.site.build_site(out, path, features)``: the static feature browser.
 
-    ``out`` (the extraction output) defaults to the ``extract`` section's output; ``path`` is
-    relative to ``run.dir``; ``features`` is a count (the first N features) or a list of ids.
+    ``out`` (the extraction output) defaults to the ``extract`` section's output; ``path`` (a
+    directory) is relative to ``run.dir``; ``features`` is a count (the first N features) or
+    null for all of them (the default).
     """
 
     path: str
-    features: int | list[int] | None = 50
-    max_examples: int = 10
+    features: int | None = None
     out: str | None = None
 
 
@@ -537,7 +537,7 @@ OUTPUTS = {
     "capture": ("out", "activations.zarr"),
     "train_sae": ("out_dir", "sae"),
     "extract": ("out", "features"),
-    "html": ("path", "features.html"),
+    "html": ("path", "site"),
     "jsonl": ("path", "features.jsonl"),
 }
 # Inputs that default to an upstream stage's output in the same config: (attr, stage).

@@ -201,10 +201,11 @@ def _export(stage: str, section: Any, ctx: StageContext, write: Any) -> dict[str
 
 
 def run_html(section: Any, ctx: StageContext) -> dict[str, Any]:
-    from hvrt_dask.sae.export import export_html
+    from hvrt_dask.sae.site import build_site
 
-    return _export("html", section, ctx, lambda p: export_html(
-        section.out, p, features=_features(section.features), max_examples=section.max_examples))
+    n = section.features
+    return _export("html", section, ctx, lambda p: build_site(
+        section.out, p, features=None if n is None else range(n)))
 
 
 def run_jsonl(section: Any, ctx: StageContext) -> dict[str, Any]:

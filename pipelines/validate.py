@@ -17,7 +17,7 @@ from typing import Any
 
 from hvrt_dask import config as hconfig
 from pipelines.data import check_data
-from pipelines.schema import ConfigError, PipelineConfig
+from pipelines.schema import ConfigError, HtmlSection, PipelineConfig
 
 
 class _Key:
@@ -171,8 +171,12 @@ def check_train_sae(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
 
 def check_export(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
     _must_exist(k, cfg, "out", sec.out, "extraction output")
-    if isinstance(sec.features, int) and sec.features < 1:
-        k.fail("features", f"must be a positive count or a list of feature ids, got {sec.features}")
+    f = sec.features
+    if isinstance(sec, HtmlSection):  # the site takes the first N features (or all)
+        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f < 1):
+            k.fail("features", f"must be a positive count or null (all features), got {f!r}")
+    elif isinstance(f, int) and f < 1:
+        k.fail("features", f"must be a positive count or a list of feature ids, got {f}")
 
 
 # ----------------------------------------------------------------------------- cluster

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from hvrt_dask._client import resolve_client
-from hvrt_dask import config
+from hvrt_dask import config, ownership
 from hvrt_dask.sae.corpora import describe_source, load_documents
-from hvrt_dask.sae.store import StoreError, create_store, mark_complete, open_store
+from hvrt_dask.sae.store import KIND, StoreError, create_store, mark_complete, open_store, write_chunk
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -327,14 +327,9 @@ def _forward_chunk(model_dir, tokens, attention, layer, hook, batch_size) -> np.
     return np.concatenate(parts, axis=0)
 
 
-def _write_chunk(path: str, start: int, acts: np.ndarray, tokens: np.ndarray, mask: np.ndarray) -> None:
-    import zarr
-
-    g = zarr.open_group(path, mode="r+")
-    stop = start + len(tokens)
-    g["activations"][start:stop] = acts
-    g["tokens"][start:stop] = tokens
-    g["mask"][start:stop] = mask
+def _write_chunk(path: str, chunk: int, acts: np.ndarray, tokens: np.ndarray, mask: np.ndarray) -> int:
+    """Write one whole chunk; returns its checksum (recorded by the client with ``done``)."""
+    return write_chunk(_open_rw(path), chunk, acts, tokens, mask)
 
 
 def capture_chunk_task(path, chunk, start, tokens, attention, mask, model_dir, layer, hook, batch_size, dtype) -> dict:
@@ -343,9 +338,10 @@ def capture_chunk_task(path, chunk, start, tokens, attention, mask, model_dir, l
     acts = _forward_chunk(model_dir, tokens, attention, layer, hook, batch_size)
     acts[~mask] = 0  # padding/special/context positions carry no activation in the store
     t1 = time.perf_counter()
-    _write_chunk(path, start, acts.astype(dtype, copy=False), tokens, mask)
+    checksum = _write_chunk(path, chunk, acts.astype(dtype, copy=False), tokens, mask)
     t2 = time.perf_counter()
-    return {"chunk": int(chunk), "tokens": int(attention.sum()), "forward_s": t1 - t0, "write_s": t2 - t1}
+    return {"chunk": int(chunk), "tokens": int(attention.sum()), "forward_s": t1 - t0, "write_s": t2 - t1,
+            "checksum": checksum}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,9 +490,13 @@ def capture_activations(
         raise ValueError("pass at most one of resume=True and overwrite=True")
     info = inspect_model(model_dir)
     check_layer_hook(info, layer, hook)
+    tokenizer_dir = os.path.abspath(os.fspath(tokenizer_dir)) if tokenizer_dir is not None else info.model_dir
+    source_path = os.fspath(source) if isinstance(source, (str, os.PathLike)) and os.path.exists(os.fspath(source)) else None
+    inputs = (info.model_dir, tokenizer_dir, source_path)
+    # never an input, never data hvrt_dask did not write (checked before any work)
+    ownership.check_output_path(out, KIND, inputs=inputs)
     if os.path.exists(out) and not (resume or overwrite):
         raise FileExistsError(f"output {out!r} already exists (pass resume=True to continue it or overwrite=True)")
-    tokenizer_dir = os.path.abspath(os.fspath(tokenizer_dir)) if tokenizer_dir is not None else info.model_dir
     docs = load_documents(source, text_field=text_field)
     tok = load_tokenizer(tokenizer_dir)
     samples = make_samples(docs, tok, int(seq_len), stride, max_samples)
@@ -527,7 +527,8 @@ def capture_activations(
         done = np.asarray(st.group["done"][:], dtype=bool)
         group = _open_rw(out)
     else:
-        group = create_store(out, n, int(seq_len), info.d_model, chunk_samples, dtype, attrs=attrs, overwrite=overwrite)
+        group = create_store(out, n, int(seq_len), info.d_model, chunk_samples, dtype, attrs=attrs, overwrite=overwrite,
+                             inputs=inputs)
         chunk_samples = int(group["activations"].chunks[0])
         done = np.zeros(-(-n // chunk_samples), dtype=bool)
     n_chunks = len(done)
@@ -542,6 +543,7 @@ def capture_activations(
                 info.model_dir, int(layer), hook, batch_size, dtype)
 
     def mark(i, st):
+        group["checksum"][i] = np.uint64(st["checksum"])  # the checksum first, then the done marker
         group["done"][i] = True
         stats.append(st)
         bar.update(st["tokens"])
@@ -592,10 +594,11 @@ def _run_local(todo, args_for, mark) -> None:
                 mark(pending[1], pending[0].result())
             acts = acts.astype(dtype, copy=False)
 
-            def write(path=path, start=start, acts=acts, tokens=tokens, mask=mask, chunk=chunk, fwd=fwd, attention=attention):
+            def write(path=path, acts=acts, tokens=tokens, mask=mask, chunk=chunk, fwd=fwd, attention=attention):
                 t = time.perf_counter()
-                _write_chunk(path, start, acts, tokens, mask)
-                return {"chunk": chunk, "tokens": int(attention.sum()), "forward_s": fwd, "write_s": time.perf_counter() - t}
+                checksum = _write_chunk(path, chunk, acts, tokens, mask)
+                return {"chunk": chunk, "tokens": int(attention.sum()), "forward_s": fwd, "write_s": time.perf_counter() - t,
+                        "checksum": checksum}
 
             pending = (pool.submit(write), i)
         if pending is not None:

@@ -9,7 +9,9 @@ Encode semantics (SAELens): optional per-token input normalisation, ``x - b_dec`
 - standard: ``relu(pre)``
 - jumprelu: ``relu(pre)`` where ``pre > threshold`` (strict), else 0
 - topk: (``pre * ||W_dec row||`` if ``rescale_acts_by_decoder_norm``) keep the ``k`` largest
-  per token, ReLU them, zero the rest.
+  per token (ties at the k-th place: the lower feature index), ReLU them, zero the rest.
+
+The activations are the registered classes of :mod:`hvrt_dask.sae.architectures`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from hvrt_dask.sae import architectures
 from hvrt_dask.sae.weights import SAE
 
 log = logging.getLogger(__name__)
 
 #: Largest CPU batch, in tokens (bigger batches do not speed up the matmul, only cost RAM).
 CPU_MAX_TOKENS = 8192
+#: Largest CPU batch, in latents (tokens x features): bounds a wide block's buffers (128 MiB of float32).
+CPU_MAX_LATENTS = 1 << 25
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -38,40 +43,53 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class TorchEncoder:
-    """An SAE's encoder on one device (weights copied once; the :class:`SAE` is untouched).
+    """An SAE's encoder (all features or one feature block) on one device.
 
     Parameters
     ----------
     sae : SAE
+        The SAE's configuration (and, unless ``tensors`` is given, its arrays).
     device : str or torch.device, optional
+    block : (int, int), optional
+        Feature range ``[lo, hi)`` this encoder computes (default: all features).
+    tensors : dict, optional
+        The block's tensors (``W_enc [d_in, hi-lo]``, ``b_enc``, ``b_dec`` and the
+        architecture's extra tensors; ``dec_norm`` for a rescaling topk SAE), e.g. read by
+        :func:`hvrt_dask.sae.weights.read_block`; default: sliced from ``sae``'s arrays.
+
+    The weights are copied once; the :class:`SAE` is untouched. The architecture's
+    activation comes from :mod:`hvrt_dask.sae.architectures`.
     """
 
-    def __init__(self, sae: SAE, device: str | torch.device | None = None):
+    def __init__(self, sae: SAE, device: str | torch.device | None = None, block: tuple[int, int] | None = None,
+                 tensors: dict | None = None):
         self.sae = sae
+        self.arch = architectures.get(sae.architecture)
         self.device = resolve_device(device)
         dev = self.device
         if dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        self.W_enc = torch.tensor(sae.W_enc, device=dev)
-        self.b_enc = torch.tensor(sae.b_enc, device=dev)
-        self.b_dec = torch.tensor(sae.b_dec, device=dev)
-        self.threshold = torch.tensor(sae.threshold, device=dev) if sae.threshold is not None else None
-        self.dec_norm = (
-            torch.tensor(np.linalg.norm(sae.W_dec.astype(np.float64), axis=1).astype(np.float32), device=dev)
-            if sae.rescale_acts_by_decoder_norm
-            else None
-        )
+        lo, hi = (0, sae.d_sae) if block is None else (int(block[0]), int(block[1]))
+        if tensors is None:
+            tensors = block_tensors(sae, lo, hi)
+        self.offset, self.width, self.k = lo, hi - lo, sae.k
+        self.W_enc = _tensor(tensors["W_enc"], dev)
+        self.b_enc = _tensor(tensors["b_enc"], dev)
+        self.b_dec = _tensor(tensors["b_dec"], dev)
+        self.threshold = _tensor(tensors["threshold"], dev) if "threshold" in tensors else None
+        self.dec_norm = _tensor(tensors["dec_norm"], dev) if "dec_norm" in tensors else None
         self._W_enc_T = None
         # subtracting an all-zero b_dec changes nothing (x - 0 == x exactly): skip the pass
-        self._subtract_b_dec = bool(sae.apply_b_dec_to_input and np.any(sae.b_dec != 0))
+        self._subtract_b_dec = bool(sae.apply_b_dec_to_input and bool((self.b_dec != 0).any()))
 
     def full_encode_cheaper(self, m: int) -> bool:
-        """Whether ``m`` features per sample are better served by a full encode (always for topk)."""
-        return self.sae.architecture == "topk" or 4 * m >= self.sae.d_sae
+        """Whether ``m`` features per sample are better served by encoding the whole block."""
+        return 4 * m >= self.width
 
     @property
     def d_sae(self) -> int:
+        """Features of the whole SAE (``width`` is this encoder's block)."""
         return self.sae.d_sae
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,65 +106,64 @@ class TorchEncoder:
             x = x - self.b_dec
         return x
 
-    def activate(self, pre: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """Nonlinearity on pre-activations (in place). ``features`` selects threshold columns.
+    def activate(self, pre: torch.Tensor, features: torch.Tensor | None = None,
+                 token_key: torch.Tensor | None = None) -> torch.Tensor:
+        """Nonlinearity on pre-activations (in place). ``features``: block-local columns.
 
-        Not valid for ``topk`` on a feature subset (needs all features of a token).
+        ``topk`` on a feature subset or a block needs ``token_key`` (:meth:`kth_keys`).
         """
-        arch = self.sae.architecture
-        if arch == "standard":
-            return pre.relu_()
-        if arch == "jumprelu":
-            thr = self.threshold if features is None else self.threshold[features]
-            return pre.relu_().mul_(pre > thr)  # relu first: pre>thr is unchanged where pre>0
-        if features is not None:
-            raise ValueError("topk activations need every feature of a token")
-        if self.dec_norm is not None:
-            pre = pre * self.dec_norm
-        vals, idx = pre.topk(self.sae.k, dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu_())
+        return self.arch.activate(pre, self, features, token_key)
 
-    def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents ``[N, d_sae]`` (float32) of tokens ``x [N, d_in]`` (any float dtype, same device).
+    def pre(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Pre-activations ``[N, width]`` of tokens ``x [N, d_in]``."""
+        x = self.preprocess(x.to(self.device, torch.float32))
+        return torch.addmm(self.b_enc, x, self.W_enc) if out is None else torch.addmm(self.b_enc, x, self.W_enc, out=out)
 
-        ``out`` (float32 ``[N, d_sae]``, contiguous): a buffer for the pre-activations, reused
+    def kth_keys(self, x: torch.Tensor, running: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``topk`` only: merge this block's keys of tokens ``x [N, d_in]`` into the running
+        top-``k`` keys ``[N, <=k]`` (None for the first block); the token threshold is the
+        final running keys' minimum (see :mod:`hvrt_dask.sae.architectures`)."""
+        pre = self.arch.rescale(self.pre(x, out), self)
+        return architectures.kth_keys(self.arch.keys(pre, self), self.k, running if running is not None
+                                      else torch.empty((pre.shape[0], 0), dtype=torch.int64, device=pre.device))
+
+    def encode(self, x: torch.Tensor, out: torch.Tensor | None = None, token_key: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents ``[N, width]`` (float32) of tokens ``x [N, d_in]`` (any float dtype).
+
+        ``out`` (float32 ``[N, width]``, contiguous): a buffer for the pre-activations, reused
         across batches by callers (a fresh multi-100-MB tensor per batch costs page faults).
         """
-        x = self.preprocess(x.to(self.device, torch.float32))
-        pre = torch.addmm(self.b_enc, x, self.W_enc) if out is None else torch.addmm(self.b_enc, x, self.W_enc, out=out)
-        return self.activate(pre)
+        return self.activate(self.pre(x, out), None, token_key)
 
-    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Latents of token rows ``x [E, W, d_in]`` for one feature per row ``features [E]``: ``[E, W]``.
-
-        Used by the context-window pass; for ``topk`` it falls back to a full encode.
-        """
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor, token_key: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents of token rows ``x [E, W, d_in]`` for one block-local feature per row ``features [E]``: ``[E, W]``."""
         x = x.to(self.device, torch.float32)
-        if self.sae.architecture == "topk":
-            e, w, d = x.shape
+        e, w, d = x.shape
+        if self.arch.needs_token_threshold and token_key is None:
             z = self.encode(x.reshape(e * w, d)).reshape(e, w, -1)
             return z.gather(2, features.view(e, 1, 1).expand(e, w, 1)).squeeze(2)
         xp = self.preprocess(x)
         wcols = self.W_enc.index_select(1, features).T  # [E, d_in]
         pre = torch.einsum("ewd,ed->ew", xp, wcols) + self.b_enc[features][:, None]
-        return self.activate(pre, features[:, None])
+        return self.activate(pre, features[:, None], token_key)
 
     def encode_sample_features(
-        self, x: torch.Tensor, features: torch.Tensor, scratch: dict | None = None
+        self, x: torch.Tensor, features: torch.Tensor, scratch: dict | None = None, token_key: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Latents of samples ``x [B, T, d_in]`` for a few features per sample ``features [B, m]``.
+        """Latents of samples ``x [B, T, d_in]`` for a few block-local features per sample ``features [B, m]``.
 
         Returns ``[B, T, m]``: column ``j`` of sample ``b`` is feature ``features[b, j]``. One
         batched matmul against the gathered encoder columns (the context-window pass needs
-        only the features whose top examples lie in each sample). ``topk`` needs every
-        feature of a token, so it encodes fully and gathers. ``scratch`` (a dict) keeps the
-        gathered columns' and the result's buffers for reuse by the next call.
+        only the features whose top examples lie in each sample). ``token_key [B, T]``: the
+        topk token thresholds (without them a topk SAE encodes the whole block and gathers).
+        ``scratch`` (a dict) keeps the gathered columns' and the result's buffers for reuse.
         """
         x = x.to(self.device, torch.float32)
         b, t, d = x.shape
         m = features.shape[1]
-        if self.full_encode_cheaper(m):
-            z = self.encode(x.reshape(b * t, d)).reshape(b, t, -1)
+        if self.full_encode_cheaper(m) or (self.arch.needs_token_threshold and token_key is None):
+            tk = None if token_key is None else token_key.reshape(b * t)
+            z = self.encode(x.reshape(b * t, d), token_key=tk).reshape(b, t, -1)
             return z.gather(2, features[:, None, :].expand(b, t, m))
         if self._W_enc_T is None:  # contiguous rows: a fast gather of encoder columns
             self._W_enc_T = self.W_enc.T.contiguous()
@@ -156,7 +173,29 @@ class TorchEncoder:
         pre = scratch_buffer(scratch, "pre", (b, t, m), self.device)
         torch.bmm(xp, w.view(b, m, d).transpose(1, 2), out=pre)
         pre += self.b_enc[features][:, None, :]
-        return self.activate(pre, features[:, None, :])
+        return self.activate(pre, features[:, None, :], token_key)
+
+
+def _tensor(a, device) -> torch.Tensor:
+    """A float32 tensor on ``device`` (numpy arrays are copied: SAE arrays are read-only)."""
+    if isinstance(a, torch.Tensor):
+        return a.to(device, torch.float32)
+    return torch.tensor(np.asarray(a, np.float32), device=device)
+
+
+def block_tensors(sae: SAE, lo: int, hi: int) -> dict:
+    """The tensors of features ``[lo, hi)`` of a loaded SAE (see :class:`TorchEncoder`)."""
+    out = {"W_enc": np.ascontiguousarray(sae.W_enc[:, lo:hi]), "b_enc": sae.b_enc[lo:hi], "b_dec": sae.b_dec}
+    if sae.threshold is not None:
+        out["threshold"] = sae.threshold[lo:hi]
+    if sae.rescale_acts_by_decoder_norm:
+        out["dec_norm"] = decoder_norms(sae.W_dec[lo:hi])
+    return out
+
+
+def decoder_norms(W_dec: np.ndarray) -> np.ndarray:
+    """Row norms of decoder rows (float64 accumulation, float32 result)."""
+    return np.linalg.norm(np.asarray(W_dec, np.float64), axis=1).astype(np.float32)
 
 
 def scratch_buffer(scratch: dict | None, name: str, shape: tuple, device, dtype=torch.float32) -> torch.Tensor:
@@ -201,7 +240,7 @@ def auto_batch_size(seq_len: int, d_in: int, d_sae: int, device: torch.device, f
         import psutil
 
         n = int(psutil.virtual_memory().available * fraction / 4 // per)
-        n = min(n, max(1, CPU_MAX_TOKENS // seq_len))
+        n = min(n, max(1, CPU_MAX_TOKENS // seq_len), max(1, CPU_MAX_LATENTS // (seq_len * d_sae)))
     n = max(1, n)
     log.info("batch_size='auto' on %s: %d samples (%d tokens, %.1f MiB each)", device, n, n * seq_len, per / 2**20)
     return n

@@ -32,6 +32,8 @@ JSONL_FORMAT = "hvrt_dask.sae_features.jsonl/2"
 #: Features read from the output per block while streaming records.
 _BLOCK = 512
 
+KIND_JSONL, KIND_HTML = "sae.export.jsonl", "sae.export.html"  # ownership kinds of the two exports
+
 
 def load_tokenizer(name: str | None):
     """``AutoTokenizer`` for a local directory, or None (the reason is logged as a warning)."""
@@ -156,8 +158,9 @@ def export_jsonl(out: str | os.PathLike, path: str | os.PathLike, features: Iter
     """
     ds = open_output(out)
     _feature_range(ds, features)  # bad selections fail before the file is opened
+    ownership.check_output_path(path, KIND_JSONL, inputs=(out,))
     n = 0
-    with ownership.atomic_file(path, "sae.export.jsonl", encoding="utf8") as f:
+    with ownership.atomic_file(path, KIND_JSONL, encoding="utf8") as f:
         f.write(json.dumps(jsonl_header(out), allow_nan=False) + "\n")
         for rec in feature_records(out, features):
             f.write(json.dumps(rec, allow_nan=False) + "\n")
@@ -219,6 +222,7 @@ def export_html(
                          f"{ex['value']:.4g}</span> {''.join(spans)}</div>")
     parts.append("</body></html>")
     page = "".join(parts)
-    with ownership.atomic_file(path, "sae.export.html", encoding="utf8") as f:
+    ownership.check_output_path(path, KIND_HTML, inputs=(out,))
+    with ownership.atomic_file(path, KIND_HTML, encoding="utf8") as f:
         f.write(page)
     return os.fspath(path)

@@ -28,7 +28,6 @@ Coordinates ``feature``, ``rank``, ``window_offset`` (window, -prefix..suffix), 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from hvrt_dask import ownership
 from hvrt_dask.sae.codecs import fast_codec
 from hvrt_dask.sae.stats import bin_bounds
 
@@ -65,119 +65,160 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def write_output(
-    out: str,
-    *,
-    topk: dict,
-    stats: dict,
-    edges: np.ndarray,
-    window_tokens: np.ndarray,
-    window_acts: np.ndarray,
-    prefix: int,
-    suffix: int,
-    store,
-    sae,
-    run_info: dict,
-    summary: dict,
-    timings_start: float,
-    timings: dict,
-    feature_chunk: int = 1024,
-) -> dict:
-    """Write the dataset, then the completion marker (last), then consolidated metadata.
+KIND = "sae.features"  # ownership kind of extraction outputs
+FORMAT = "hvrt_dask.sae_features/2"
+#: Output chunk along ``feature`` (at most; a divisor of the feature block so block writes align).
+FEATURE_CHUNK = 1024
+#: Chunk of the window arrays along ``rank``: ranks beyond a chunk's last example stay unwritten fill,
+#: so the window arrays' bytes on disk follow the examples found, not ``d_sae x top_k``.
+RANK_CHUNK = 8
+WINDOW_ARRAYS = ("window_tokens", "window_acts")
+_COORDS = "feature rank window_offset bin_lower bin_upper"
 
-    Returns ``timings`` with ``write_s`` and ``total_s`` added (as recorded in the attributes).
+
+class NonFiniteStatisticError(ValueError):
+    """A feature's statistic overflowed to inf (message names the feature); nothing is written for it."""
+
+
+def feature_chunk(feature_block: int) -> int:
+    """The output's chunk along ``feature``: the largest divisor of ``feature_block`` up to
+    :data:`FEATURE_CHUNK`, so that every block's region write covers whole chunks."""
+    import math
+
+    return math.gcd(int(feature_block), FEATURE_CHUNK) if feature_block % FEATURE_CHUNK else FEATURE_CHUNK
+
+
+def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int, edges: np.ndarray,
+                  feature_block: int) -> None:
+    """Create the output's arrays (metadata only; the small coordinates are written here).
+
+    Every array is chunked along ``feature`` by :func:`feature_chunk`, so the workers' block
+    writes (:func:`write_block`) never share a chunk. Fill values are the empty-slot values
+    (NaN, -1), so chunks that hold no example are never written.
     """
-    import xarray as xr
     import zarr
 
-    d_sae, k = topk["values"].shape
+    w = prefix + 1 + suffix
+    n_bins = len(edges) + 1
+    fc = min(feature_chunk(feature_block), d_sae)
+    g = zarr.open_group(out, mode="a", zarr_format=3)
     lower, upper = bin_bounds(edges)
-    fdims = ("feature",)
-    ds = xr.Dataset(
-        {
-            "topk_value": (("feature", "rank"), topk["values"]),
-            "topk_sample": (("feature", "rank"), topk["samples"]),
-            "topk_position": (("feature", "rank"), topk["positions"]),
-            "window_tokens": (("feature", "rank", "window"), window_tokens),
-            "window_acts": (("feature", "rank", "window"), window_acts),
-            "max_activation": (fdims, stats["max"].astype(np.float32)),
-            "n_active_tokens": (fdims, stats["n_active_tokens"].astype(np.int64)),
-            "n_active_samples": (fdims, stats["n_active_samples"].astype(np.int64)),
-            "density": (fdims, np.asarray(stats["density"], np.float64)),
-            "frequency": (fdims, np.asarray(stats["frequency"], np.float64)),
-            "act_sum": (fdims, stats["sum"]),
-            "act_sumsq": (fdims, stats["sumsq"]),
-            "mean": (fdims, stats["mean"]),
-            "std": (fdims, stats["std"]),
-            "hist": (("feature", "bin"), stats["hist"].astype(np.int64)),
-            "dead": (fdims, stats["dead"]),
-        },
-        coords={
-            "feature": np.arange(d_sae),
-            "rank": np.arange(k),
-            "window_offset": ("window", np.arange(-prefix, suffix + 1)),
-            "bin_lower": ("bin", lower),
-            "bin_upper": ("bin", upper),
-        },
-    )
-    timings = dict(timings)
-    attrs = {
-        "format": "hvrt_dask.sae_features/1",
-        "store": {"path": os.path.abspath(store.path), "n_samples": store.n_samples, "seq_len": store.seq_len,
-                  "d_in": store.d_in, "dtype": str(store.dtype),
-                  **{k2: store.attrs.get(k2) for k2 in ("model", "layer", "hook", "tokenizer")}},
-        "sae": sae.describe(),
-        "config": run_info,
-        "batch_size": summary["batch_size"],
-        "summary": summary,
-        "n_valid_tokens": int(stats["n_valid_tokens"]),
-        "n_samples": int(stats["n_samples"]),
-        "histogram": "log10-spaced inner edges fixed from config before the pass; bin i = (bin_lower, bin_upper]",
-        "pad_marker": -1,
-        "versions": _versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    F, FR, FRW = ("feature",), ("feature", "rank"), ("feature", "rank", "window")
+    spec = {
+        "topk_value": (FR, "float32", np.nan), "topk_sample": (FR, "int64", -1), "topk_position": (FR, "int32", -1),
+        "window_tokens": (FRW, "int32", -1), "window_acts": (FRW, "float32", np.nan),
+        "max_activation": (F, "float32", 0), "n_active_tokens": (F, "int64", 0), "n_active_samples": (F, "int64", 0),
+        "density": (F, "float64", 0), "frequency": (F, "float64", 0), "act_sum": (F, "float64", 0),
+        "act_sumsq": (F, "float64", 0), "mean": (F, "float64", np.nan), "std": (F, "float64", np.nan),
+        "hist": (("feature", "bin"), "int64", 0), "dead": (F, "bool", True), "feature": (F, "int64", -1),
     }
-    fc = min(feature_chunk, d_sae)
-    encoding = {name: {"chunks": (fc,) + v.shape[1:]} for name, v in ds.data_vars.items()}
-    for name in ("window_tokens", "window_acts"):  # the two large arrays (d_sae x top_k x window)
-        encoding[name]["compressors"] = (fast_codec(),)
-    t0 = time.perf_counter()
-    ds.attrs = {**attrs, "complete": False, "timings": _jsonable(timings)}
-    # whole-array numpy writes: no partial-chunk races
-    _write_fresh(ds, out, encoding)
-    timings["write_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - timings_start
+    shape = {"feature": d_sae, "rank": top_k, "window": w, "bin": n_bins}
+    for name, (dims, dtype, fill) in spec.items():
+        chunks = (fc,) + tuple(shape[d] for d in dims[1:])
+        kw = {}
+        if name in WINDOW_ARRAYS:
+            kw = {"compressors": (fast_codec(),)}
+            chunks = (fc, min(RANK_CHUNK, top_k), w)
+        a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=chunks,
+                           dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True, **kw)
+        if name != "feature":
+            a.attrs["coordinates"] = _COORDS
+    for name, dim, values in (("rank", "rank", np.arange(top_k)), ("window_offset", "window", np.arange(-prefix, suffix + 1)),
+                              ("bin_lower", "bin", lower), ("bin_upper", "bin", upper)):
+        a = g.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=(dim,), overwrite=True)
+        a[:] = values
+
+
+def block_arrays(top: dict, stats: dict, lo: int, top_k: int) -> dict[str, np.ndarray]:
+    """The output arrays (all but the windows) of one feature block from its merged
+    partial's top-k and statistics.
+
+    Raises
+    ------
+    NonFiniteStatisticError
+        A statistic overflowed (a finite activation near the float32 limit).
+    """
+    b, kk = top["values"].shape
+    for name in ("max", "sum", "sumsq"):
+        bad = ~np.isfinite(stats[name])
+        if bad.any():
+            f = lo + int(np.flatnonzero(bad)[0])
+            raise NonFiniteStatisticError(
+                f"feature {f}: statistic {name!r} overflowed to {stats[name][f - lo]} ({int(bad.sum())} features "
+                "in this block); the activations are too large for float32/float64 statistics")
+    pad = top_k - kk
+    vals = np.pad(top["values"], ((0, 0), (0, pad)), constant_values=np.nan)
+    smp = np.pad(top["samples"], ((0, 0), (0, pad)), constant_values=-1)
+    pos = np.pad(top["positions"], ((0, 0), (0, pad)), constant_values=-1)
+    vals[smp < 0] = np.nan
+    return {
+        "topk_value": vals, "topk_sample": smp, "topk_position": pos,
+        "max_activation": stats["max"].astype(np.float32),
+        "n_active_tokens": stats["n_active_tokens"].astype(np.int64),
+        "n_active_samples": stats["n_active_samples"].astype(np.int64),
+        "density": np.asarray(stats["density"], np.float64), "frequency": np.asarray(stats["frequency"], np.float64),
+        "act_sum": stats["sum"], "act_sumsq": stats["sumsq"], "mean": stats["mean"], "std": stats["std"],
+        "hist": stats["hist"].astype(np.int64), "dead": stats["dead"], "feature": np.arange(lo, lo + b, dtype=np.int64),
+    }
+
+
+def write_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndarray, tokens: np.ndarray,
+                acts: np.ndarray, top_k: int) -> int:
+    """Write one feature block into features ``[lo, lo + width)`` of the output; returns the
+    bytes of array data handed to Zarr.
+
+    Every write is aligned to the output's chunks (:func:`create_output`): a block starts on
+    a feature chunk and ends on one or at ``d_sae``. The windows are written one feature
+    chunk at a time, only over the rank chunks that hold examples (``slots`` = local feature
+    x top_k + rank, sorted; ``tokens``/``acts`` ``[E, W]``); the rest stays fill.
+    """
+    import zarr
+
     g = zarr.open_group(out, mode="r+")
-    g.attrs.update({"timings": _jsonable(timings)})
-    g.attrs["complete"] = True  # the completion marker, written last
+    n = 0
+    for name, a in arrays.items():
+        g[name][lo : lo + len(a)] = a
+        n += a.nbytes
+    width = len(arrays["feature"])
+    wt_arr, wa_arr = g["window_tokens"], g["window_acts"]
+    fc, rc, w = wa_arr.chunks
+    for a in range(0, width, fc):
+        b = min(a + fc, width)
+        i, e = np.searchsorted(slots, [a * top_k, b * top_k])
+        if i == e:
+            continue  # no example in these features: fill
+        local = slots[i:e] - a * top_k
+        ranks = -(-(int((local % top_k).max()) + 1) // rc) * rc  # whole rank chunks
+        ranks = min(ranks, top_k)
+        feat, rank = local // top_k, local % top_k
+        wt = np.full((b - a, ranks, w), -1, np.int32)
+        wa = np.full((b - a, ranks, w), np.nan, np.float32)
+        wt[feat, rank] = tokens[i:e]
+        wa[feat, rank] = acts[i:e]
+        wt_arr[lo + a : lo + b, :ranks] = wt
+        wa_arr[lo + a : lo + b, :ranks] = wa
+        n += wt.nbytes + wa.nbytes
+    return n
+
+
+def finalize_output(out: str, attrs: dict) -> None:
+    """The group attributes (``complete`` True among them), consolidated metadata, then the
+    completion marker (:func:`hvrt_dask.ownership.mark_complete`), last."""
+    import zarr
+
+    g = zarr.open_group(out, mode="r+")
+    g.attrs.update(_jsonable({**attrs, "format": FORMAT, "pad_marker": -1, "versions": _versions(),
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": True}))
     with warnings.catch_warnings():
         # partials/ holds numpy files (not Zarr nodes); consolidated metadata is a v3 extension
         warnings.simplefilter("ignore", UserWarning)
         zarr.consolidate_metadata(out)
-    return timings
-
-
-def _write_fresh(ds, out: str, encoding: dict) -> None:
-    """(Re)write the dataset arrays into ``out`` (the partials/ area is left alone)."""
-    import shutil
-
-    for name in os.listdir(out):
-        if name != "partials":
-            p = os.path.join(out, name)
-            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # partials/ is not a Zarr node
-        ds.to_zarr(out, mode="a", encoding=encoding, consolidated=False, zarr_format=3)
+    ownership.mark_complete(out)
 
 
 def is_complete(out: str | os.PathLike) -> bool:
     """True when ``out`` is a finished extraction output (its completion marker is set)."""
-    fn = os.path.join(os.fspath(out), "zarr.json")
-    if not os.path.exists(fn):
-        return False
-    with open(fn) as f:
-        meta = json.load(f)
-    return bool((meta.get("attributes") or {}).get("complete", False))
+    return ownership.is_complete(out) and ownership.owned_by(out, KIND)
 
 
 def open_output(out: str | os.PathLike):
@@ -185,15 +226,13 @@ def open_output(out: str | os.PathLike):
 
     Raises
     ------
-    ValueError
+    hvrt_dask.ownership.IncompleteOutputError
         When the output is incomplete (interrupted run or still being written).
     """
     import xarray as xr
 
-    out = os.fspath(out)
-    if not is_complete(out):
-        raise ValueError(f"extraction output {out!r} is incomplete (no completion marker); resume the run")
-    return xr.open_zarr(out)
+    ownership.require_complete(out, "extraction output")
+    return xr.open_zarr(os.fspath(out))
 
 
 def read_summary(out: str) -> dict:

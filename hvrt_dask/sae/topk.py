@@ -10,20 +10,18 @@ example). A partial is three ``[d_sae, k]`` arrays (``values`` float32, ``sample
 ``positions`` int32); empty slots hold ``-inf`` / ``-1`` / ``-1`` and sort last.
 
 Because selection under a total order is associative and commutative, merging partials in
-any grouping or order (:func:`combine`, :func:`tree_reduce`) gives bit-identical results.
+any grouping or order (:func:`combine`; the tree is :mod:`hvrt_dask.sae.extract.tree`)
+gives bit-identical results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 import numpy as np
 
 EMPTY_VALUE = -np.inf
 KEYS = ("values", "samples", "positions")
-
-T = TypeVar("T")
 
 
 def empty(d_sae: int, k: int) -> dict[str, np.ndarray]:
@@ -194,20 +192,3 @@ def aggregate(partial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {key: partial[key].copy() for key in KEYS}
     out["values"][out["samples"] < 0] = np.nan
     return out
-
-
-def tree_reduce(items: Sequence[T], combine_fn: Callable[[list[T]], T], split_every: int = 8) -> T:
-    """Reduce ``items`` in a fixed tree: consecutive groups of ``split_every`` per level.
-
-    The tree shape depends only on ``len(items)`` and ``split_every`` (not on timing), so
-    floating-point reductions inside ``combine_fn`` are reproducible run to run.
-    """
-    if split_every < 2:
-        raise ValueError(f"split_every must be >= 2, got {split_every}")
-    level = list(items)
-    if not level:
-        raise ValueError("nothing to reduce")
-    while len(level) > 1:
-        level = [combine_fn(level[i : i + split_every]) if len(level[i : i + split_every]) > 1 else level[i]
-                 for i in range(0, len(level), split_every)]
-    return level[0]

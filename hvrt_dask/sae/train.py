@@ -28,10 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from hvrt_dask import config
+from hvrt_dask import config, ownership
 from hvrt_dask._seeding import generator
+from hvrt_dask.sae import architectures
 from hvrt_dask.sae.store import ActivationStore, open_store
+from hvrt_dask.sae.weights import KIND as SAE_KIND
+from hvrt_dask.sae.weights import save_sae
 
+#: Architectures this trainer fits (a subset of :data:`hvrt_dask.sae.architectures.REGISTRY`).
 ARCHITECTURES = ("standard", "topk")
 
 
@@ -111,13 +115,9 @@ class TokenStream:
 
 
 def _encode(x, W_enc, b_enc, b_dec, architecture: str, k: int | None):
-    import torch
-
+    """Latents with the registered architecture's activation (the one extraction uses)."""
     pre = (x - b_dec) @ W_enc + b_enc
-    if architecture == "topk":
-        vals, idx = torch.topk(pre, k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-    return torch.relu(pre)
+    return architectures.get(architecture).activate(pre, architectures.Whole(W_enc.shape[1], k))
 
 
 def evaluate(x: np.ndarray, tensors: dict[str, np.ndarray], architecture: str = "standard", k: int | None = None,
@@ -145,32 +145,6 @@ def evaluate(x: np.ndarray, tensors: dict[str, np.ndarray], architecture: str = 
         "dead_fraction": float((~fired).float().mean()),
         "n_tokens": int(len(x)),
     }
-
-
-def _write_sae(path: str, tensors: dict[str, np.ndarray], cfg: dict, overwrite: bool) -> str:
-    """SAELens directory via the extraction package's writer (``hvrt_dask.sae.weights.save_sae``)."""
-    try:
-        from hvrt_dask.sae.weights import save_sae
-    except ImportError:  # extraction writer not present: same format, written here
-        return _write_saelens(path, tensors, cfg, overwrite)
-    return save_sae(path, tensors, cfg, overwrite=overwrite)
-
-
-def _write_saelens(path: str, tensors: dict[str, np.ndarray], cfg: dict, overwrite: bool) -> str:
-    from safetensors.numpy import save_file
-
-    full = {"architecture": "standard", "apply_b_dec_to_input": True, "normalize_activations": "none", "dtype": "float32",
-            "device": "cpu", "reshape_activations": "none"}
-    full.update(cfg)
-    full.setdefault("metadata", {}).setdefault("sae_lens_version", "6.0.0")
-    cfg_fn = os.path.join(path, "cfg.json")
-    if os.path.exists(cfg_fn) and not overwrite:
-        raise FileExistsError(f"SAE directory {path!r} already holds an SAE (pass overwrite=True)")
-    os.makedirs(path, exist_ok=True)
-    save_file({n: np.ascontiguousarray(v, np.float32) for n, v in tensors.items()}, os.path.join(path, "sae_weights.safetensors"))
-    with open(cfg_fn, "w") as f:
-        json.dump(full, f, indent=2, sort_keys=True)
-    return ""
 
 
 def _default(value, key):
@@ -266,6 +240,8 @@ def train_sae(
         raise ValueError(f"lr must be positive and l1_coefficient non-negative, got {lr}, {l1_coefficient}")
     st = store if isinstance(store, ActivationStore) else open_store(store)
     out_dir = os.fspath(out_dir)
+    # refused before training: a path holding data hvrt_dask did not write, or an input
+    ownership.check_output_path(out_dir, SAE_KIND, inputs=(st.path,))
     if os.path.exists(os.path.join(out_dir, "cfg.json")) and not overwrite:
         raise FileExistsError(f"SAE directory {out_dir!r} already holds an SAE (pass overwrite=True)")
 
@@ -355,7 +331,8 @@ def train_sae(
     if architecture == "topk":
         cfg["k"] = k
         cfg["rescale_acts_by_decoder_norm"] = False
-    content = _write_sae(out_dir, tensors, cfg, overwrite)
+    # the SAE files, then training.json, then the completion marker (last)
+    content = save_sae(out_dir, tensors, cfg, overwrite=overwrite, inputs=(st.path,), complete=False)
     record = {
         "store": st.path,
         "architecture": architecture,
@@ -382,4 +359,5 @@ def train_sae(
     }
     with open(os.path.join(out_dir, "training.json"), "w") as f:
         json.dump(record, f, indent=2)
+    ownership.mark_complete(out_dir, content_hash=content)
     return record

@@ -26,9 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from hvrt_dask import ownership
+from hvrt_dask.sae import architectures
+
+#: Registered architecture names (:mod:`hvrt_dask.sae.architectures`).
+ARCHITECTURES = tuple(architectures.REGISTRY)
+
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-ARCHITECTURES = ("standard", "jumprelu", "topk")
+KIND = "sae.weights"  # ownership kind of directories written by save_sae
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm", "expected_average_only_in")
 
 
@@ -52,8 +58,10 @@ class SAE:
         Active latents per token (``topk`` only).
     rescale_acts_by_decoder_norm : bool
         ``topk`` only: pre-activations are multiplied by the decoder row norms first.
-    W_enc, b_enc, W_dec, b_dec, threshold : numpy.ndarray
-        float32; ``threshold`` is None except for ``jumprelu``.
+    W_enc, b_enc, W_dec, b_dec, threshold : numpy.ndarray or None
+        float32; ``threshold`` is None except for ``jumprelu``. All None when opened with
+        ``load_sae(path, weights=False)`` (shapes and dtypes checked from the file header;
+        workers then read feature blocks with :func:`read_block`).
     content_hash : str
         SHA-256 over ``cfg.json`` and the weights file (identifies the SAE in caches/outputs).
     cfg : dict
@@ -70,10 +78,10 @@ class SAE:
     normalize_activations: str
     k: int | None
     rescale_acts_by_decoder_norm: bool
-    W_enc: np.ndarray = field(repr=False)
-    b_enc: np.ndarray = field(repr=False)
-    W_dec: np.ndarray = field(repr=False)
-    b_dec: np.ndarray = field(repr=False)
+    W_enc: np.ndarray | None = field(repr=False)
+    b_enc: np.ndarray | None = field(repr=False)
+    W_dec: np.ndarray | None = field(repr=False)
+    b_dec: np.ndarray | None = field(repr=False)
     threshold: np.ndarray | None = field(repr=False)
     content_hash: str
     cfg: dict = field(repr=False)
@@ -181,9 +189,69 @@ def _interpret_cfg(cfg: dict, fn: str) -> tuple[dict, list[str]]:
 
 def _expected_shapes(arch: str, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if arch == "jumprelu":
-        shapes["threshold"] = (d_sae,)
+    for name in architectures.get(arch).extra_tensors:
+        shapes[name] = (d_sae,)
     return shapes
+
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def _check_header(fn: str, arch: str, d_in: int, d_sae: int) -> None:
+    """Names, shapes and floating dtypes of the tensors from the safetensors header only."""
+    import struct
+
+    try:
+        with open(fn, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+    except Exception as exc:
+        raise SAEError(f"{fn}: cannot read safetensors file ({exc})") from exc
+    for name, shape in _expected_shapes(arch, d_in, d_sae).items():
+        if name not in header:
+            raise SAEError(f"{fn}: missing tensor {name!r} (needed by architecture {arch!r})")
+        if tuple(header[name]["shape"]) != shape:
+            raise SAEError(f"{fn}: tensor {name!r} has shape {tuple(header[name]['shape'])}, expected {shape}")
+        if header[name]["dtype"] not in _FLOAT_DTYPES:
+            raise SAEError(f"{fn}: tensor {name!r} has non-float dtype {header[name]['dtype']}")
+
+
+def read_block(sae: SAE, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """The tensors a :class:`~hvrt_dask.sae.encode.TorchEncoder` needs for features ``[lo, hi)``.
+
+    Read from the file as slices (safetensors reads a slice without loading the tensor), as
+    float32: ``W_enc[:, lo:hi]``, ``b_enc``, ``b_dec``, the architecture's extra tensors and,
+    for a topk SAE that rescales by decoder norms, ``dec_norm`` (row norms of ``W_dec[lo:hi]``).
+
+    Raises
+    ------
+    SAEError
+        A slice holds NaN or inf (naming the tensor and the feature range).
+    """
+    from safetensors import safe_open
+
+    from hvrt_dask.sae.encode import decoder_norms
+
+    fn = os.path.join(sae.path, WEIGHTS_FILE)
+    out: dict[str, np.ndarray] = {}
+    with safe_open(fn, framework="pt") as f:  # torch reads bf16 too
+        def get(name, index):
+            return f.get_slice(name)[index].float().numpy()
+
+        out["W_enc"] = np.ascontiguousarray(get("W_enc", (slice(None), slice(lo, hi))))
+        out["b_enc"] = get("b_enc", slice(lo, hi))
+        out["b_dec"] = get("b_dec", slice(None))
+        for name in architectures.get(sae.architecture).extra_tensors:
+            out[name] = get(name, slice(lo, hi))
+        if sae.rescale_acts_by_decoder_norm:
+            W_dec = get("W_dec", (slice(lo, hi), slice(None)))
+            if not np.isfinite(W_dec).all():
+                raise SAEError(f"{fn}: tensor 'W_dec' contains NaN or inf (features {lo}..{hi - 1})")
+            out["dec_norm"] = decoder_norms(W_dec)
+    for name, arr in out.items():
+        if not np.isfinite(arr).all():
+            raise SAEError(f"{fn}: tensor {name!r} contains NaN or inf (features {lo}..{hi - 1})")
+    return out
 
 
 def _check_tensors(tensors: dict[str, Any], arch: str, d_in: int, d_sae: int, where: str) -> dict[str, np.ndarray]:
@@ -207,13 +275,16 @@ def _check_tensors(tensors: dict[str, Any], arch: str, d_in: int, d_sae: int, wh
     return out
 
 
-def load_sae(path: str | os.PathLike) -> SAE:
+def load_sae(path: str | os.PathLike, weights: bool = True) -> SAE:
     """Load and validate an SAE directory in SAELens format.
 
     Parameters
     ----------
     path : str or path-like
         Directory with ``cfg.json`` and ``sae_weights.safetensors``.
+    weights : bool
+        Load the arrays (default). False: validate names, shapes and dtypes from the file
+        header only and leave the arrays None (extraction: workers read feature blocks).
 
     Returns
     -------
@@ -241,6 +312,10 @@ def load_sae(path: str | os.PathLike) -> SAE:
     if not isinstance(raw, dict):
         raise SAEError(f"{cfg_fn}: expected a JSON object")
     info, notes = _interpret_cfg(raw, cfg_fn)
+    if not weights:
+        _check_header(w_fn, info["architecture"], info["d_in"], info["d_sae"])
+        return SAE(path=path, W_enc=None, b_enc=None, W_dec=None, b_dec=None, threshold=None,
+                   content_hash=content_hash(path), cfg=raw, notes=tuple(notes), **info)
     try:
         from safetensors.torch import load_file  # torch path reads bf16 too
 
@@ -262,13 +337,15 @@ def load_sae(path: str | os.PathLike) -> SAE:
     )
 
 
-def save_sae(path: str | os.PathLike, tensors: dict[str, Any], cfg: dict, overwrite: bool = False) -> str:
+def save_sae(path: str | os.PathLike, tensors: dict[str, Any], cfg: dict, overwrite: bool = False, *,
+             inputs: tuple = (), complete: bool = True) -> str:
     """Write an SAE directory in SAELens (v6) format; returns its content hash.
 
     Parameters
     ----------
     path : str or path-like
-        Target directory (created).
+        Target directory (created). It must be absent, empty, or an SAE directory written
+        by this function (hvrt_dask's ownership marker of kind ``"sae.weights"``).
     tensors : dict
         ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec``, ``b_dec`` (+ ``threshold`` for jumprelu);
         numpy arrays or torch tensors, stored as float32.
@@ -277,7 +354,20 @@ def save_sae(path: str | os.PathLike, tensors: dict[str, Any], cfg: dict, overwr
         ``apply_b_dec_to_input`` (default True), ``normalize_activations`` (default
         ``"none"``), ``k`` for topk, optional ``metadata`` (model/hook names, ...).
     overwrite : bool
-        Replace existing files.
+        Replace an SAE directory this function wrote before (never anything else).
+    inputs : paths
+        Inputs of the computation (e.g. the activation store): ``path`` may not equal,
+        contain or lie inside one.
+    complete : bool
+        Write the completion marker (False: the caller adds files, then calls
+        :func:`hvrt_dask.ownership.mark_complete`).
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` already holds an SAE written here and ``overwrite`` is False.
+    hvrt_dask.ownership.OwnershipError
+        ``path`` holds data hvrt_dask did not write (nothing is deleted), or overlaps an input.
     """
     from safetensors.numpy import save_file
 
@@ -290,11 +380,19 @@ def save_sae(path: str | os.PathLike, tensors: dict[str, Any], cfg: dict, overwr
     full["metadata"] = meta
     info, _ = _interpret_cfg(full, f"cfg for {path}")
     arrays = _check_tensors(tensors, info["architecture"], info["d_in"], info["d_sae"], f"tensors for {path}")
+    # validated; now the path: ours or fresh, never an input
+    ownership.check_output_path(path, KIND, inputs=inputs)
+    if ownership.owned_by(path, KIND):
+        if not overwrite:
+            raise FileExistsError(f"SAE directory {path!r} already holds an SAE written by hvrt_dask "
+                                  "(pass overwrite=True to replace it, or choose another path)")
+        ownership.clear(path, KIND)
+    ownership.claim(path, KIND)
     cfg_fn, w_fn = os.path.join(path, CFG_FILE), os.path.join(path, WEIGHTS_FILE)
-    if not overwrite and (os.path.exists(cfg_fn) or os.path.exists(w_fn)):
-        raise FileExistsError(f"SAE directory {path!r} already holds an SAE (pass overwrite=True)")
-    os.makedirs(path, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, w_fn)
     with open(cfg_fn, "w") as f:
         json.dump(full, f, indent=2, sort_keys=True)
-    return content_hash(path)
+    digest = content_hash(path)
+    if complete:
+        ownership.mark_complete(path, content_hash=digest)
+    return digest

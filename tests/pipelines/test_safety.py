@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from hvrt_dask import ownership
+from hvrt_dask.sae import export
+from hvrt_dask.sae.site import build as site_build
 from pipelines import outputs, runs
 from pipelines.schema import from_dict
 
@@ -174,20 +176,22 @@ def test_unwritable_run_directory_is_a_message(tmp_path):
 
 
 def test_exports_are_owned_files_next_to_the_extraction(tmp_path, client):
-    """extract → html → jsonl in one run: exports land in the run directory with sidecar markers."""
+    """extract → html (the site) → jsonl in one run: owned exports in the run directory."""
     store = make_store(tmp_path / "acts.zarr", n=8, chunk=4)
     sae = make_sae(tmp_path / "sae")
     cfg = from_dict({"run": {"dir": str(tmp_path / "run"), "performance_report": False},
                      "extract": {"store": store, "sae": sae, "top_k": 2, "prefix": 1, "suffix": 1},
-                     "html": {"path": "features.html", "features": 3},
+                     "html": {"features": 3},
                      "jsonl": {"path": "features.jsonl"}}, "<c>")
     lines = []
     assert runs.execute(cfg, client=client, echo=lines.append) == 0, lines
-    html, jl = tmp_path / "run" / "features.html", tmp_path / "run" / "features.jsonl"
-    assert "<html" in html.read_text().lower()
+    site, jl = tmp_path / "run" / "site", tmp_path / "run" / "features.jsonl"
+    assert "<html" in (site / "index.html").read_text().lower()
+    assert ownership.owned_by(site, site_build.KIND) and ownership.is_complete(site)
     records = [json.loads(line) for line in jl.read_text().splitlines()]
-    assert len(records) == 24  # d_sae of the test SAE
-    assert ownership.owned_by(html, "sae.html") and ownership.owned_by(jl, "sae.jsonl")
+    assert records[0]["record"] == "header"
+    assert len(records) == 1 + 24  # header + d_sae of the test SAE
+    assert ownership.owned_by(jl, export.KIND_JSONL)
     assert f"[jsonl] output: {jl}" in lines
     assert runs.execute(cfg, client=client, force=True, echo=lambda m: None) == 0  # ours: replaced
     assert [json.loads(line) for line in jl.read_text().splitlines()] == records

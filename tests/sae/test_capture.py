@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -208,3 +210,18 @@ def test_bad_input(tmp_path, model_dir):
         capture_activations(DOCS, model_dir, out, layer=1, resume=True)
     rep = capture_activations(DOCS, model_dir, out, layer=1, seq_len=16, overwrite=True, progress=False)
     assert open_store(out).n_samples == rep.n_samples
+
+
+def test_capture_never_touches_user_data(tmp_path, model_dir):
+    """overwrite=True on a directory hvrt_dask did not write, or on an input, deletes nothing."""
+    from hvrt_dask.ownership import OwnershipError
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "data.txt").write_text("precious")
+    with pytest.raises(OwnershipError, match="not written by hvrt_dask"):
+        capture_activations(DOCS, model_dir, user, layer=1, seq_len=16, overwrite=True, progress=False)
+    assert (user / "data.txt").read_text() == "precious"
+    with pytest.raises(OwnershipError, match="input"):
+        capture_activations(DOCS, model_dir, os.path.join(model_dir, "acts.zarr"), layer=1, seq_len=16,
+                            overwrite=True, progress=False)

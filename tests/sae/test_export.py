@@ -129,3 +129,34 @@ def test_tokenizer_decoding(result, tmp_path):
     page = open(export_html(out2, tmp_path / "p.html", features=[0, 1, 2])).read()
     assert ">w" in page
     assert np.isfinite([rec["max_activation"] for rec in recs]).all()
+
+
+def test_failed_export_leaves_no_file(result, tmp_path, monkeypatch):
+    """An export that fails midway leaves neither a truncated file nor a temporary one."""
+    import hvrt_dask.sae.export as ex
+
+    root, r = result
+    real = ex.feature_records
+
+    def failing(*a, **k):
+        for i, rec in enumerate(real(*a, **k)):
+            if i == 3:
+                raise RuntimeError("disk full")
+            yield rec
+
+    monkeypatch.setattr(ex, "feature_records", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_jsonl(r.path, tmp_path / "f.jsonl")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_never_overwrites_user_file(result, tmp_path):
+    from hvrt_dask.ownership import OwnershipError
+
+    root, r = result
+    (tmp_path / "f.jsonl").write_text("user notes")
+    with pytest.raises(OwnershipError):
+        export_jsonl(r.path, tmp_path / "f.jsonl")
+    assert (tmp_path / "f.jsonl").read_text() == "user notes"
+    export_jsonl(r.path, tmp_path / "g.jsonl")
+    assert export_jsonl(r.path, tmp_path / "g.jsonl") == 16  # our own export is replaced

@@ -7,12 +7,15 @@ import json
 import os
 import shutil
 
+import dask
 import numpy as np
 import pytest
 import zarr
 
-from _extract_data import make_sae, make_store
-from hvrt_dask.sae.extract import ChunkReadError, NonFiniteActivationError, extract_features
+from _extract_data import make_sae, make_store, rewrite_checksums
+from hvrt_dask.ownership import OwnershipError
+from hvrt_dask.sae.extract import ChunkReadError, NonFiniteActivationError, NonFiniteStatisticError, extract_features
+from hvrt_dask.sae.extract.api import FAIL_AFTER_KEY
 from hvrt_dask.sae.output import is_complete, open_output
 from hvrt_dask.sae.store import StoreError
 from hvrt_dask.sae.weights import SAEError
@@ -35,9 +38,17 @@ def assert_nothing_written(env):
     assert not os.path.exists(env / "out")
 
 
+def fail_after(n):
+    return dask.config.set({FAIL_AFTER_KEY: n})
+
+
+def done_markers(env):
+    return sorted(p for p in os.listdir(env / "out" / "partials") if p.endswith(".done"))
+
+
 def test_d_in_mismatch(env):
     make_sae(env / "sae8", d_in=8, d_sae=16)
-    with pytest.raises(ValueError, match="d_in=8.*d_in=12"):
+    with pytest.raises(SAEError, match="d_in=8.*d_in=12"):
         run(env, sae=env / "sae8")
     assert_nothing_written(env)
 
@@ -113,23 +124,65 @@ def test_bad_parameter_types(env):
 def test_output_exists(env):
     os.makedirs(env / "out")
     (env / "out" / "keep.txt").write_text("user data")
+    # a directory hvrt_dask did not write is never touched, whatever the flags
+    for kw in ({}, {"resume": True}, {"overwrite": True}):
+        with pytest.raises(OwnershipError, match="not written by hvrt_dask"):
+            run(env, **kw)
+        assert (env / "out" / "keep.txt").read_text() == "user data"
+        assert sorted(os.listdir(env / "out")) == ["keep.txt"]
+    # our own output: refused without a flag, replaced with overwrite=True
+    run(env, out=env / "mine")
     with pytest.raises(FileExistsError, match="resume=True.*overwrite=True"):
-        run(env)
-    assert (env / "out" / "keep.txt").read_text() == "user data"
-    with pytest.raises(ValueError, match="holds no extraction run"):
-        run(env, resume=True)
-    run(env, overwrite=True)
-    assert is_complete(env / "out") and not (env / "out" / "keep.txt").exists()
+        run(env, out=env / "mine")
+    r = run(env, out=env / "mine", overwrite=True)
+    assert is_complete(r.path)
+
+
+def test_output_of_another_kind_refused(env):
+    from hvrt_dask import ownership
+
+    ownership.claim(env / "other", "hvrt.expand")
+    (env / "other" / "data.bin").write_bytes(b"x")
+    with pytest.raises(OwnershipError, match="'hvrt.expand'"):
+        run(env, out=env / "other", overwrite=True)
+    assert (env / "other" / "data.bin").exists()
 
 
 def test_resume_with_other_config_refused(env):
-    with pytest.raises(RuntimeError):
-        run(env, _fail_after=2)
+    with pytest.raises(RuntimeError), fail_after(2):
+        run(env)
     with pytest.raises(ValueError, match="'top_k' differs"):
         run(env, resume=True, top_k=4)
     make_sae(env / "sae2", d_in=12, d_sae=16, seed=9)
-    with pytest.raises(ValueError, match="'sae_hash' differs"):
+    with pytest.raises(ValueError, match="the SAE changed"):
         run(env, resume=True, sae=env / "sae2")
+
+
+def test_resume_refused_after_store_rewritten(env):
+    """Same path, same shape, different data: the checkpoints are not reused."""
+    with pytest.raises(RuntimeError), fail_after(2):
+        run(env)
+    shutil.rmtree(env / "store")
+    make_store(env / "store", n=40, seq=8, d_in=12, chunk=8, seed=5)
+    with pytest.raises(ValueError, match="activation store changed"):
+        run(env, resume=True)
+    assert not is_complete(env / "out")
+
+
+def test_complete_output_not_reported_after_store_recaptured(env):
+    run(env)
+    shutil.rmtree(env / "store")
+    make_store(env / "store", n=48, seq=8, d_in=12, chunk=8)  # re-captured with more samples
+    with pytest.raises(ValueError, match="different .*n_samples"):
+        run(env, resume=True)
+    r = run(env, overwrite=True)  # our own output: recomputed
+    assert open_output(r.path).attrs["n_samples"] == 48
+
+
+def test_complete_output_resumes_unchanged(env):
+    r1 = run(env)
+    r2 = run(env, resume=True)
+    assert (r2.n_chunks, r2.batch_size, r2.workers) == (r1.n_chunks, r1.batch_size, r1.workers)
 
 
 def test_nonfinite_names_sample_and_chunk(env):
@@ -137,11 +190,11 @@ def test_nonfinite_names_sample_and_chunk(env):
     a = g["activations"][24:32]
     a[3, 2, 5] = np.nan  # sample 27, position 2 (a valid token: lengths >= seq/2)
     g["activations"][24:32] = a
+    rewrite_checksums(env / "store")
     with pytest.raises(NonFiniteActivationError, match=r"chunk 3: sample 27, position 2"):
         run(env, max_in_flight=1)
     # mid-run failure: finished chunks are checkpointed, the output is not complete
-    done = sorted(p for p in os.listdir(env / "out" / "partials") if p.endswith(".done"))
-    assert done == [f"chunk-{i:07d}.done" for i in range(3)]
+    assert done_markers(env) == [f"chunk-{i:07d}-block-00000.done" for i in range(3)]
     assert not is_complete(env / "out")
     # "mask" treats such tokens as padding
     r = run(env, nonfinite="mask", overwrite=True)
@@ -157,20 +210,21 @@ def test_nonfinite_at_padding_is_ignored(env):
     a = g["activations"][:]
     a[s, t, 0] = np.inf
     g["activations"][:] = a
+    rewrite_checksums(env / "store")
     r = run(env)
     assert is_complete(r.path)
 
 
 def test_corrupt_chunk_named(env):
-    with pytest.raises(RuntimeError):
-        run(env, _fail_after=1, max_in_flight=1)
+    with pytest.raises(RuntimeError), fail_after(1):
+        run(env, max_in_flight=1)
     chunk_file = env / "store" / "activations" / "c" / "2" / "0" / "0"
     assert chunk_file.exists()
     chunk_file.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ChunkReadError, match=r"chunk 2 \(samples 16\.\.23\)"):
         run(env, resume=True, max_in_flight=1)
-    done = sorted(p for p in os.listdir(env / "out" / "partials") if p.endswith(".done"))
-    assert "chunk-0000000.done" in done and "chunk-0000002.done" not in done
+    done = done_markers(env)
+    assert "chunk-0000000-block-00000.done" in done and "chunk-0000002-block-00000.done" not in done
     assert not is_complete(env / "out")
 
 
@@ -182,7 +236,91 @@ def test_corrupt_tokens_chunk_named(env):
 
 
 def test_output_overlapping_inputs_refused(env):
-    for out in (env / "store", env / "store" / "sub", env / "sae"):
-        with pytest.raises(ValueError, match="overlaps"):
+    os.symlink(env / "store", env / "link")
+    for out in (env / "store", env / "store" / "sub", env / "sae", env / "link", env / "link" / "x"):
+        with pytest.raises(OwnershipError, match="input"):
             run(env, out=out, overwrite=True)
+    os.makedirs(env / "outer")
+    os.symlink(env / "sae", env / "outer" / "sae")
+    with pytest.raises(OwnershipError, match="input"):  # the output would contain the SAE
+        run(env, sae=env / "outer" / "sae", out=env / "outer", overwrite=True)
     assert (env / "store" / "zarr.json").exists() and (env / "sae" / "cfg.json").exists()
+    assert sorted(os.listdir(env)) == ["link", "outer", "sae", "store"]
+
+
+def test_deleted_chunk_file_is_an_error(env):
+    os.remove(env / "store" / "activations" / "c" / "3" / "0" / "0")
+    with pytest.raises(ChunkReadError, match=r"chunk 3 \(samples 24\.\.31\).*checksum"):
+        run(env, max_in_flight=1)
+    assert not is_complete(env / "out")
+
+
+def test_zero_samples(env):
+    from hvrt_dask.sae.store import create_store, mark_complete
+
+    create_store(env / "empty", 0, 8, 12, 8, dtype="float32")
+    mark_complete(env / "empty")
+    with pytest.raises(StoreError, match="0 samples"):
+        run(env, store=env / "empty")
+    assert_nothing_written(env)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda g: g.attrs.__delitem__("format"), "'format' is None"),
+    (lambda g: g.attrs.__setitem__("format", "hvrt_dask.activations/9"), "'format'"),
+    (lambda g: g.attrs.__setitem__("complete", "false"), "'complete' is 'false'"),
+    (lambda g: g.attrs.__setitem__("complete", 1), "'complete' is 1"),
+])
+def test_store_attributes_enforced(env, edit, match):
+    edit(zarr.open_group(env / "store", mode="r+"))
+    with pytest.raises(StoreError, match=match):
+        run(env)
+    assert_nothing_written(env)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64", "int16"])
+def test_token_dtype_enforced(env, dtype):
+    g = zarr.open_group(env / "store", mode="r+")
+    tokens = g["tokens"][:]
+    del g["tokens"]
+    g.create_array("tokens", shape=tokens.shape, chunks=(8, 8), dtype=dtype)
+    g["tokens"][:] = tokens.astype(dtype)
+    with pytest.raises(StoreError, match=f"'tokens' has dtype {dtype}"):
+        run(env)
+    assert_nothing_written(env)
+
+
+def test_done_marker_enforced(env):
+    g = zarr.open_group(env / "store", mode="r+")
+    g["done"][2] = False
+    with pytest.raises(StoreError, match="chunk 2 is not marked done"):
+        run(env)
+    assert_nothing_written(env)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "bool"])
+def test_sae_tensor_dtype_enforced(env, dtype):
+    from safetensors.numpy import load_file, save_file
+
+    fn = env / "sae" / "sae_weights.safetensors"
+    t = load_file(fn)
+    t["W_enc"] = t["W_enc"].astype(dtype)
+    save_file(t, fn)
+    with pytest.raises(SAEError, match="'W_enc' has non-float dtype"):
+        run(env)
+    assert_nothing_written(env)
+
+
+def test_overflowing_statistics_named(env):
+    """Finite activations near the float32 limit overflow the sums: an error naming the feature."""
+    from safetensors.numpy import load_file, save_file
+
+    fn = env / "sae" / "sae_weights.safetensors"
+    t = load_file(fn)
+    t["W_enc"] = (t["W_enc"] * np.float32(1e38)).astype(np.float32)  # finite weights, latents overflow
+    t["b_enc"] = np.zeros_like(t["b_enc"])
+    t["b_dec"] = np.zeros_like(t["b_dec"])
+    save_file(t, fn)
+    with pytest.raises(NonFiniteStatisticError, match=r"feature \d+: statistic"):
+        run(env)
+    assert not is_complete(env / "out")

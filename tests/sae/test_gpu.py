@@ -53,3 +53,59 @@ def test_gpu_worker_routing_on_real_gpu(tmp_path):
         r = extract_features(tmp_path / "s", tmp_path / "sae", tmp_path / "o", top_k=3, client=c, progress=False)
         devices = c.run(lambda: __import__("torch").cuda.is_available())
     assert all(devices.values()) and len(r.workers) == 1
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
+@pytest.mark.parametrize("feature_block", [7, 48])
+def test_cuda_feature_blocks_match_cpu(tmp_path, arch, feature_block):
+    """The feature-blocked path on the device (7 does not divide d_sae = 48) equals the CPU run."""
+    from hvrt_dask.sae.extract import extract_features
+    from hvrt_dask.sae.output import open_output
+
+    make_store(tmp_path / "s", n=64, seq=16, d_in=12, chunk=16, dtype="float16")
+    make_sae(tmp_path / "sae", d_in=12, d_sae=48, arch=arch, k=5)
+    kw = {"top_k": 5, "prefix": 3, "suffix": 3, "progress": False}
+    cpu = extract_features(tmp_path / "s", tmp_path / "sae", tmp_path / "cpu", device="cpu", feature_block=48, **kw)
+    gpu = extract_features(tmp_path / "s", tmp_path / "sae", tmp_path / "gpu", device="cuda",
+                           feature_block=feature_block, **kw)
+    a, b = open_output(cpu.path).load(), open_output(gpu.path).load()
+    for v in VARS:
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+
+
+@pytest.mark.parametrize("k", [1, 4, 20])
+def test_topk_tie_rule_on_device(k):
+    """Ties at the k-th place go to the lower feature index on the device as on the CPU."""
+    import torch
+
+    from hvrt_dask.sae import architectures
+
+    rng = np.random.default_rng(0)
+    vals = np.array([-2.0, -0.5, 0.0, 0.25, 0.5, 1.5], np.float32)
+    pre = vals[rng.integers(0, len(vals), size=(300, 64))]
+    idx = np.argsort(-pre, axis=-1, kind="stable")[..., :k]
+    ref = np.zeros_like(pre)
+    np.put_along_axis(ref, idx, np.maximum(np.take_along_axis(pre, idx, -1), 0), -1)
+    arch = architectures.get("topk")
+    got = arch.activate(torch.from_numpy(pre.copy()).cuda(), architectures.Whole(64, k)).cpu().numpy()
+    np.testing.assert_array_equal(got, ref)
+    # merged across blocks of 9 on the device
+    running = torch.empty((300, 0), dtype=torch.int64, device="cuda")
+    for lo in range(0, 64, 9):
+        enc = architectures.Whole(64, k)
+        enc.offset = lo
+        running = architectures.kth_keys(arch.keys(torch.from_numpy(pre[:, lo:lo + 9].copy()).cuda(), enc), k, running)
+    kth = running.amin(dim=-1)
+    out = np.concatenate([
+        arch.activate(torch.from_numpy(pre[:, lo:lo + 9].copy()).cuda(),
+                      _block(lo, min(9, 64 - lo), k), token_key=kth).cpu().numpy()
+        for lo in range(0, 64, 9)], axis=1)
+    np.testing.assert_array_equal(out, ref)
+
+
+def _block(lo, width, k):
+    from hvrt_dask.sae import architectures
+
+    enc = architectures.Whole(64, k)
+    enc.offset, enc.width = lo, width
+    return enc

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hvrt_dask.sae import topk
+from hvrt_dask.sae.extract.tree import tree_reduce
 
 
 def reference(smax, sarg, k):
@@ -48,11 +49,11 @@ def test_merge_is_exact_for_any_split(k, sizes, split_every):
     ref = reference(smax, sarg, k)
     bounds = np.cumsum([0, *sizes])
     parts = [topk.chunk(smax[a:b], sarg[a:b], np.arange(a, b), k) for a, b in zip(bounds[:-1], bounds[1:])]
-    merged = topk.tree_reduce(parts, topk.combine, split_every)
+    merged = tree_reduce(parts, lambda ps: topk.combine(ps, k), split_every)
     assert as_lists(merged) == ref
     # any arrival order gives bit-identical arrays
     rng = np.random.default_rng(1)
-    shuffled = topk.tree_reduce([parts[i] for i in rng.permutation(len(parts))], topk.combine, split_every)
+    shuffled = tree_reduce([parts[i] for i in rng.permutation(len(parts))], lambda ps: topk.combine(ps, k), split_every)
     for key in topk.KEYS:
         np.testing.assert_array_equal(shuffled[key], merged[key])
 
@@ -75,11 +76,13 @@ def test_tree_reduce_shape_and_errors():
         calls.append(len(items))
         return sum(items)
 
-    assert topk.tree_reduce(list(range(10)), comb, 3) == 45
+    assert tree_reduce(list(range(10)), comb, 3) == 45
     # level 1: [0..2] [3..5] [6..8] combined, [9] passes through; level 2: 4 nodes -> 3 + 1; level 3: 2
     assert calls == [3, 3, 3, 3, 2]
     with pytest.raises(ValueError):
-        topk.tree_reduce([1, 2], comb, 1)
+        tree_reduce([1, 2], comb, 1)
+    with pytest.raises(ValueError):
+        tree_reduce([], comb, 2)
     with pytest.raises(ValueError):
         topk.combine([])
 

@@ -130,3 +130,33 @@ def test_save_refuses_existing(tmp_path):
     save_sae(tmp_path / "s", _tensors(seed=1), {"d_in": 6, "d_sae": 10}, overwrite=True)
     with pytest.raises(SAEError, match="'W_enc' has shape"):
         save_sae(tmp_path / "t", _tensors(), {"d_in": 7, "d_sae": 10})
+
+
+def test_save_sae_ownership(tmp_path):
+    """save_sae replaces only an SAE directory it wrote; a user directory is never touched."""
+    from hvrt_dask import ownership
+    from hvrt_dask.ownership import OwnershipError
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "cfg.json").write_text("{}")  # looks like an SAE, but hvrt_dask did not write it
+    for overwrite in (False, True):
+        with pytest.raises(OwnershipError, match="not written by hvrt_dask"):
+            save_sae(user, _tensors(), {"d_in": 6, "d_sae": 10}, overwrite=overwrite)
+    assert os.listdir(user) == ["cfg.json"] and (user / "cfg.json").read_text() == "{}"
+    h = save_sae(tmp_path / "s", _tensors(), {"d_in": 6, "d_sae": 10})
+    assert ownership.owned_by(tmp_path / "s", "sae.weights") and ownership.read_complete(tmp_path / "s")["content_hash"] == h
+    with pytest.raises(OwnershipError, match="input"):
+        save_sae(tmp_path / "s" / "x", _tensors(), {"d_in": 6, "d_sae": 10}, inputs=(tmp_path / "s",))
+
+
+def test_header_only_load_and_block_read(tmp_path):
+    from hvrt_dask.sae.weights import read_block
+
+    tensors, _ = make_sae(tmp_path / "sae", d_in=6, d_sae=10, arch="jumprelu")
+    lazy = load_sae(tmp_path / "sae", weights=False)
+    assert lazy.W_enc is None and lazy.d_sae == 10 and lazy.content_hash == content_hash(tmp_path / "sae")
+    blk = read_block(lazy, 3, 7)
+    np.testing.assert_array_equal(blk["W_enc"], tensors["W_enc"][:, 3:7])
+    np.testing.assert_array_equal(blk["threshold"], tensors["threshold"][3:7])
+    np.testing.assert_array_equal(blk["b_dec"], tensors["b_dec"])
