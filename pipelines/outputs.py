@@ -224,9 +224,6 @@ def path_identity(path: str) -> Any:
     if os.path.isfile(p):
         st = os.stat(p)
         return [st.st_size, st.st_mtime_ns]
-    if ownership.owned_by(p, _store.KIND) and ownership.is_complete(p):
-        # an activation store records a checksum per chunk: its fingerprint is metadata only
-        return {"store": _store.open_store(p).fingerprint()}
     done = ownership.read_complete(p)
     if done is not None and done.get("checksums"):
         return {"checksums": hashlib.sha256(json.dumps(done["checksums"], sort_keys=True).encode()).hexdigest()}

@@ -218,7 +218,7 @@ class HtmlSection:
     null for all of them (the default).
     """
 
-    path: str
+    path: str | None = None
     features: int | None = None
     out: str | None = None
 

@@ -4,14 +4,13 @@ Every value an engine would reject later — ranges, enums, strategy names, mode
 files that must exist, the cluster profile's dependencies — is rejected here with a
 :class:`~pipelines.schema.ConfigError` naming the config file and the key. Where an engine
 has a validator it is called (``HVRT._check_params``, the strategy registries,
-``check_n``, the extraction's integer checks, ``histogram_edges``, capture's ``HOOKS``,
+``check_n``, the extraction's ``check_parameters``, capture's ``HOOKS``,
 the trainer's ``ARCHITECTURES``) rather than restated.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -87,30 +86,20 @@ def check_reduce(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
 
 
 def check_extract(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
-    from hvrt_dask.sae import extract as ex
-    from hvrt_dask.sae.stats import histogram_edges
+    from hvrt_dask.sae.extract import PARAMETERS, check_parameters
 
-    values = {**{n: getattr(sec, n) for n in ("top_k", "prefix", "suffix", "split_every", "max_in_flight")},
-              **sec.extra}
-    minimum = {"top_k": 1, "prefix": 0, "suffix": 0, "split_every": 2, "max_in_flight": 1,
-               "chunk_samples": 1, "histogram_bins": 2, "batch_size": 1}
-    for name, lo in minimum.items():
-        v = values.get(name)
-        if v is None or (name == "batch_size" and v == "auto"):
+    values = {**{n: getattr(sec, n) for n in ("top_k", "prefix", "suffix", "batch_size", "split_every",
+                                               "max_in_flight")}, **sec.extra}
+    for name in PARAMETERS:  # the engine's own validation, one key at a time (errors name the key)
+        if name == "histogram_range" or values.get(name) is None:
             continue
-        k.call(name, ex._check_int, name, v, lo)
-    if sec.batch_size != "auto":
-        k.call("batch_size", ex._check_int, "batch_size", sec.batch_size, 1)
+        k.call(name, check_parameters, **{name: values[name]})
     hrange = values.get("histogram_range")
     if hrange is not None:
-        if (not isinstance(hrange, (list, tuple)) or len(hrange) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in hrange)):
-            k.fail("histogram_range", f"expected two finite numbers [low, high] (log10), got {hrange!r}")
-        k.call("histogram_range", histogram_edges, values.get("histogram_bins") or hconfig.get("extract.histogram-bins"),
-               tuple(hrange))
-    nonfinite = values.get("nonfinite")
-    if nonfinite is not None and nonfinite not in ("raise", "mask"):
-        k.fail("nonfinite", f"must be 'raise' or 'mask', got {nonfinite!r}")
+        if not isinstance(hrange, (list, tuple)) or len(hrange) != 2 or any(isinstance(v, bool) for v in hrange):
+            k.fail("histogram_range", f"expected two numbers [low, high] (log10), got {hrange!r}")
+        k.call("histogram_range", check_parameters, histogram_range=tuple(hrange),
+               histogram_bins=values.get("histogram_bins"))
     _must_exist(k, cfg, "store", sec.store, "activation store")
     _must_exist(k, cfg, "sae", sec.sae, "SAE directory")
     if not _produced(cfg, sec.sae) and not os.path.exists(os.path.join(sec.sae, "cfg.json")):

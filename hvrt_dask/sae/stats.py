@@ -36,6 +36,8 @@ SUM_KEYS = ("n_active_tokens", "n_active_samples", "sum", "sumsq", "hist", "n_va
 def histogram_edges(n_bins: int, log10_range: tuple[float, float] = (-4.0, 4.0)) -> np.ndarray:
     """The ``n_bins - 1`` inner bin edges (float32, ascending)."""
     lo, hi = float(log10_range[0]), float(log10_range[1])
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"histogram range must be two finite log10 bounds, got {log10_range}")
     if n_bins < 2:
         raise ValueError(f"histogram bins must be >= 2, got {n_bins}")
     if not hi > lo:

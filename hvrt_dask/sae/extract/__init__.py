@@ -20,10 +20,10 @@ Flow (:mod:`.api`)
    last. The client never holds more than one block's examples.
 """
 
-from hvrt_dask.sae.extract.api import ExtractionResult, extract_features
+from hvrt_dask.sae.extract.api import PARAMETERS, ExtractionResult, check_parameters, extract_features
 from hvrt_dask.sae.extract.first_pass import NonFiniteActivationError
 from hvrt_dask.sae.output import NonFiniteStatisticError
 from hvrt_dask.sae.store import ChunkReadError
 
-__all__ = ["extract_features", "ExtractionResult", "NonFiniteActivationError", "NonFiniteStatisticError",
+__all__ = ["extract_features", "check_parameters", "PARAMETERS", "ExtractionResult", "NonFiniteActivationError", "NonFiniteStatisticError",
            "ChunkReadError"]

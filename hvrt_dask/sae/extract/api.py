@@ -422,6 +422,30 @@ def _parameters(top_k, prefix, suffix, batch_size, split_every, max_in_flight, f
     return p
 
 
+#: Parameters :func:`check_parameters` validates (the tunables of :func:`extract_features`).
+PARAMETERS = ("top_k", "prefix", "suffix", "batch_size", "split_every", "max_in_flight", "chunk_samples",
+              "feature_block", "histogram_bins", "histogram_range", "nonfinite", "device")
+
+
+def check_parameters(**params: Any) -> dict:
+    """Validate extraction parameters exactly as :func:`extract_features` does, without running.
+
+    Unset parameters take their ``hvrt.extract`` defaults. Used by the CLI's ``validate`` so that
+    a config is refused before any cluster starts.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the parameter (an unknown name is a TypeError).
+    """
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise TypeError(f"unknown extraction parameter(s) {unknown}; known: {list(PARAMETERS)}")
+    if params.get("chunk_samples") is not None:
+        _check_int("chunk_samples", params["chunk_samples"], 1)
+    return _parameters(*(params.get(n) for n in PARAMETERS if n != "chunk_samples"))
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -430,4 +454,4 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-__all__ = ["ExtractionResult", "extract_features"]
+__all__ = ["ExtractionResult", "check_parameters", "extract_features"]
