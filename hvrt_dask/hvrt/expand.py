@@ -36,6 +36,7 @@ from hvrt_dask._seeding import generator
 from hvrt_dask.hvrt import _input
 from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
+from hvrt_dask.hvrt._columns import Decoder
 from hvrt_dask.hvrt._contexts import chunk_contexts
 from hvrt_dask.hvrt._layout import map_local
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
@@ -53,7 +54,7 @@ def check_n(n: Any, name: str = "n") -> int:
     return int(n)
 
 
-def _check_bandwidth(bw: Any) -> Any:
+def check_bandwidth(bw: Any) -> Any:
     if isinstance(bw, str):
         if bw not in _NAMED_BW:
             raise ValueError(f"bandwidth must be a positive number, 'scott', 'silverman' or 'auto', got {bw!r}")
@@ -93,7 +94,7 @@ def resolve_strategy(
         params = extra
         if strat.name == "gaussian_kde":
             bw = bandwidth if bandwidth not in (None, "auto") else params.get("bandwidth", 0.1)
-            params = {**params, "bandwidth": _check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)}
+            params = {**params, "bandwidth": check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)}
         return strat, params
     bw = bandwidth if bandwidth is not None else model.bandwidth
     if bw == "auto":
@@ -101,7 +102,7 @@ def resolve_strategy(
     if bw is None and adaptive_bandwidth:
         bw = "scott"
     if bw is not None:
-        return _kde_or_fallback({**extra, "bandwidth": _check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)})
+        return _kde_or_fallback({**extra, "bandwidth": check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)})
     d_cont = int(model.continuous_mask_.sum())
     if float(np.mean(model.partition_sizes_)) >= max(15, 2 * d_cont):
         return _kde_or_fallback({**extra, "bandwidth": 0.1, "adaptive": False})
@@ -110,29 +111,32 @@ def resolve_strategy(
 
 @dataclass(frozen=True)
 class _Post:
-    """z-space continuous block + base rows → one block in original units."""
+    """z-space continuous block + base rows → one block in original units.
+
+    Column kinds (exact categorical/discrete values, constants, integers, atoms, ranges) are
+    decoded by :class:`hvrt_dask.hvrt._columns.Decoder`.
+    """
 
     d: int
     cont: np.ndarray
-    cat: np.ndarray
     center: np.ndarray
     scale: np.ndarray
-    lo: np.ndarray | None
-    hi: np.ndarray | None
+    decode: Decoder
     block_shuffle: bool
 
     def __call__(self, Z, base, Xraw, table: ChunkPartitions, b, seed: int, call: int) -> np.ndarray:
         total = int(np.sum(b))
         Z = np.asarray(Z, dtype=np.float64)
-        if len(self.cat) == 0 and Z.flags.writeable and Z.shape == (total, self.d):
-            out = Z  # all continuous, already in column order: transform in place
+        if len(self.cont) == self.d and Z.flags.writeable and Z.shape == (total, self.d):
+            out = Z  # all generated, already in column order: transform in place
             out *= self.scale
             out += self.center
         else:
             out = np.empty((total, self.d), dtype=np.float64)
             if len(self.cont):
                 out[:, self.cont] = Z * self.scale + self.center
-        if len(self.cat):
+        rows = None
+        if self.decode.needs_base:
             base = np.array(base, dtype=np.int64, copy=True)
             missing = base < 0
             if missing.any():  # no base row: a uniformly drawn row of the partition
@@ -141,9 +145,8 @@ class _Post:
                     m = missing & (labels == i)
                     rng = generator(seed, "expand-base", call, int(table.ids[i]))
                     base[m] = table.starts[i] + rng.integers(0, table.sizes[i], int(m.sum()))
-            out[:, self.cat] = Xraw[base][:, self.cat]  # the whole categorical tuple
-        if self.lo is not None:
-            np.clip(out, self.lo, self.hi, out=out)
+            rows = Xraw[base]  # the whole categorical tuple (and atoms) of the base row
+        out = self.decode(out, rows)
         if self.block_shuffle and total and table.n_parts:
             out = out[generator(seed, "expand-shuffle", call, int(table.ids[0])).permutation(total)]
         return out
@@ -193,7 +196,7 @@ def expand_raw(
     bandwidth: Any = None,
     variance_weighted: bool | str = False,
     adaptive_bandwidth: bool = False,
-    clip: bool = False,
+    clip: bool = True,
     X: Any = None,
     strategy_params: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -215,12 +218,10 @@ def expand_raw(
 
     spec = model.input_spec_
     cont = np.flatnonzero(model.continuous_mask_)
-    cat = np.flatnonzero(model.categorical_mask_)
     k = len(cont)
     post = _Post(
-        spec.n_features, cont, cat, model.center_[:k], model.scale_[:k],
-        model.data_min_ if clip else None, model.data_max_ if clip else None,
-        shuffle == "blocks",
+        spec.n_features, cont, model.center_[:k], model.scale_[:k],
+        model.column_types_.decoder(bool(clip)), shuffle == "blocks",
     )
     chunk_budgets = [budgets[idx] for idx in g.part_index]
     totals = tuple(int(b.sum()) for b in chunk_budgets)
@@ -284,8 +285,9 @@ def expand(model: Any, n: int, output: str | os.PathLike | None = None, **kwargs
         Budget weights: size (False), mean |z| (True, the reference rule) or size × mean |z|.
     adaptive_bandwidth : bool, default False
         Per-partition bandwidth on the Gaussian-KDE path (``'scott'`` if no bandwidth).
-    clip : bool, default False
-        Clip every column to its observed training range.
+    clip : bool, default True
+        Keep every generated value inside its column's observed training range (atoms
+        and exact categorical/discrete values are kept either way).
     X : array-like, optional
         Generate from external data with the fitted tree and scaler (contexts not cached).
     output : str or path, optional

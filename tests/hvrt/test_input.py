@@ -39,10 +39,11 @@ def test_pandas_roundtrip_restores_names_dtypes_and_string_categories():
     assert out["c"].tolist() == df["c"].tolist()
 
 
-def test_non_numeric_without_feature_types_raises_naming_column():
+def test_non_numeric_marked_continuous_raises_naming_column():
     df = pd.DataFrame({"a": [1.0, 2.0], "name": ["p", "q"]})
     with pytest.raises(TypeError, match="'name'"):
-        _input.coerce_input(df)
+        _input.coerce_input(df, ["continuous", "continuous"])
+    assert _input.coerce_input(df)[1].feature_types == ["auto", "categorical"]
 
 
 def test_feature_types_wrong_length():
