@@ -259,7 +259,7 @@ def resolve(
     free_lo, free_hi = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
     if thr is not None:
         for j in range(d):
-            if kinds[j] not in ("continuous", "integer"):
+            if kinds[j] not in ("continuous", "integer", "discrete"):
                 continue
             col = sample[:, j]
             vals, counts = np.unique(_head(col), return_counts=True)

@@ -305,33 +305,17 @@ def _numeric_out_dtype(spec: InputSpec) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def to_output(arr: Any, spec: InputSpec, output: str | os.PathLike | None = None) -> Any:
+def to_output(arr: Any, spec: InputSpec) -> Any:
     """Convert a result in original units (float, original column order) to the input's kind.
 
     Parameters
     ----------
     arr : ndarray or dask array, shape (N, d)
     spec : InputSpec
-    output : str or path, optional
-        Write the result to a new Zarr array at this path (chunks aligned with the dask
-        chunks) and return the opened Zarr array.
+
+    Writing to disk is :func:`hvrt_dask.hvrt.output.write`'s job.
     """
     arr = arr if isinstance(arr, da.Array) else np.asarray(arr)
-    if output is not None:
-        import zarr
-
-        darr = arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=(max(1, min(len(arr), 100_000)), -1))
-        darr = darr.map_blocks(restore_dtypes_block, spec, dtype=np.float64)
-        dt = _numeric_out_dtype(spec)
-        darr = darr.astype(dt)
-        # One zarr chunk per (uniform) dask chunk: writes must line up with chunks.
-        rows = max(1, darr.chunks[0][0]) if darr.shape[0] else 1
-        darr = darr.rechunk((rows, -1))
-        z = zarr.create_array(
-            os.fspath(output), shape=darr.shape, chunks=(rows, darr.shape[1]), dtype=dt, overwrite=False
-        )
-        da.store(darr, z, lock=False)
-        return zarr.open_array(os.fspath(output), mode="r")
     if spec.kind in ("numpy", "pandas"):
         out = np.asarray(arr.compute() if isinstance(arr, da.Array) else arr)
         out = restore_dtypes_block(out, spec)

@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator
 
 from hvrt_dask import _seeding
 from hvrt_dask.hvrt import _columns, _input, _targets, _tree
+from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt._contexts import chunk_contexts
 from hvrt_dask.hvrt._layout import GroupedData, group_rows
 
@@ -371,10 +372,22 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
         self._check_fitted()
         return chunk_contexts(self, kind, strategy, params, columns).array
 
-    def _to_output(self, arr: Any, columns: Any = None, output: str | os.PathLike | None = None) -> Any:
-        """Convert a result in original units to the input's kind (or write it to Zarr)."""
+    def _to_output(self, arr: Any, columns: Any = None, output: str | os.PathLike | None = None,
+                   kind: str = "hvrt.expand", provenance: Mapping[str, Any] | None = None,
+                   rows: Any = None) -> Any:
+        """A result in original units as the input's kind, or written to ``output``.
+
+        With ``output``, the result is written as a complete, self-describing Zarr group or
+        Parquet dataset (:mod:`hvrt_dask.hvrt.output`) and returned read back lazily.
+        """
         self._check_fitted()
-        return _input.to_output(arr, self.input_spec_, output)
+        if output is None:
+            return _input.to_output(arr, self.input_spec_)
+        prov = {"estimator": type(self).__name__, "seed": int(self.random_state_),
+                "model_params": {k: v for k, v in self.get_params().items() if k != "random_state"},
+                **(provenance or {})}
+        path = _output.write(arr, self.input_spec_, output, kind, prov, rows=rows)
+        return _output.read_output(path, lazy=True)
 
     def apply_raw(self, X: Any) -> np.ndarray:
         """Partition (leaf) id of every row of external data ``X`` (numpy int64)."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 from hvrt_dask import config
 from hvrt_dask._seeding import generator
 from hvrt_dask.hvrt import _input
+from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt._columns import Decoder
@@ -64,11 +64,14 @@ def check_bandwidth(bw: Any) -> Any:
     return float(bw)
 
 
-def _kde_or_fallback(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    if "gaussian_kde" in GENERATION_STRATEGIES:
-        return GENERATION_STRATEGIES.get("gaussian_kde"), params
-    warnings.warn("the 'gaussian_kde' strategy is not available; using 'epanechnikov'", RuntimeWarning, stacklevel=3)
-    return GENERATION_STRATEGIES.get("epanechnikov"), {}
+def default_strategy_name() -> str:
+    """``hvrt.expand.default-strategy``: what ``generation_strategy=None``/``'auto'`` means."""
+    return str(config.get("expand.default-strategy", "epanechnikov"))
+
+
+def default_strategy() -> tuple[Any, dict[str, Any]]:
+    """The default strategy and its params (``hvrt.expand.default-strategy`` / ``default-params``)."""
+    return get_generation_strategy(default_strategy_name()), dict(config.get("expand.default-params", None) or {})
 
 
 def resolve_strategy(
@@ -83,8 +86,12 @@ def resolve_strategy(
     Order: an explicit ``generation_strategy`` (``'auto'`` means "not given"); else a
     numeric / ``'scott'`` / ``'silverman'`` bandwidth (the argument, or the constructor's
     when not ``'auto'``) or ``adaptive_bandwidth=True`` (→ ``'scott'``) selects
-    ``gaussian_kde``; else the ≤2.11 ``'auto'`` rule: mean partition size ≥
-    max(15, 2·d_cont) → ``gaussian_kde`` with bandwidth 0.1, otherwise ``epanechnikov``.
+    ``gaussian_kde``; else the default, ``hvrt.expand.default-strategy`` with
+    ``hvrt.expand.default-params`` (``strategy_params`` override them): a variance-preserving
+    Epanechnikov kernel at 1.75× Scott's bandwidth, chosen because it does not copy rows
+    (DCR ratio ≥ 0.5) and keeps the discriminator AUC lowest among the non-copying
+    strategies (``benchmarks/results/fidelity.md``). The peer's ≤2.11 ``'auto'`` rule
+    (Gaussian KDE at h = 0.1 on large partitions) emitted near-copies and is not used.
     """
     extra = dict(strategy_params or {})
     if generation_strategy is not None and not (isinstance(generation_strategy, str) and generation_strategy == "auto"):
@@ -102,11 +109,10 @@ def resolve_strategy(
     if bw is None and adaptive_bandwidth:
         bw = "scott"
     if bw is not None:
-        return _kde_or_fallback({**extra, "bandwidth": check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)})
-    d_cont = int(model.continuous_mask_.sum())
-    if float(np.mean(model.partition_sizes_)) >= max(15, 2 * d_cont):
-        return _kde_or_fallback({**extra, "bandwidth": 0.1, "adaptive": False})
-    return GENERATION_STRATEGIES.get("epanechnikov"), extra
+        params = {**extra, "bandwidth": check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)}
+        return GENERATION_STRATEGIES.get("gaussian_kde"), params
+    strat, params = default_strategy()
+    return strat, {**params, **extra}
 
 
 @dataclass(frozen=True)
@@ -263,11 +269,6 @@ def expand_raw(
     return out
 
 
-def _check_output_path(output) -> None:
-    if output is not None and os.path.exists(os.fspath(output)):
-        raise ValueError(f"output path {os.fspath(output)!r} already exists; refusing to overwrite")
-
-
 def expand(model: Any, n: int, output: str | os.PathLike | None = None, **kwargs: Any) -> Any:
     """Generate ``n`` synthetic rows shaped like the training input.
 
@@ -278,7 +279,8 @@ def expand(model: Any, n: int, output: str | os.PathLike | None = None, **kwargs
         Number of synthetic rows (positive integer).
     generation_strategy : str or strategy object, optional
         A registered name (``'epanechnikov'``, ``'bootstrap_noise'``, ``'multivariate_kde'``,
-        ``'univariate_kde_copula'``, ``'gaussian_kde'``, or your own) or ``'auto'``.
+        ``'univariate_kde_copula'``, ``'gaussian_kde'``, or your own) or ``'auto'``/None for
+        the default (see :func:`resolve_strategy`).
     bandwidth : float or {"scott", "silverman"}, optional
         Selects the Gaussian-KDE path.
     variance_weighted : bool or "size_aware", default False
@@ -291,18 +293,36 @@ def expand(model: Any, n: int, output: str | os.PathLike | None = None, **kwargs
     X : array-like, optional
         Generate from external data with the fitted tree and scaler (contexts not cached).
     output : str or path, optional
-        Write the result to a new Zarr array at this path and return it (opened read-only).
+        Write the result to this new path — a Zarr group, or Parquet for ``*.parquet`` —
+        complete and self-describing (:mod:`hvrt_dask.hvrt.output`), and return it read back
+        as a lazy dask DataFrame (:func:`hvrt_dask.hvrt.read_output`).
     strategy_params : mapping, optional
         Extra options passed to the strategy's ``prepare`` (part of the context cache key).
 
     Returns
     -------
-    ndarray, DataFrame, dask array, dask DataFrame, xarray DataArray or zarr Array
-        Mirrors the training input's kind (see :func:`hvrt_dask.hvrt._input.to_output`).
+    ndarray, DataFrame, dask array, dask DataFrame or xarray DataArray
+        Mirrors the training input's kind (see :func:`hvrt_dask.hvrt._input.to_output`); a
+        dask DataFrame read from ``output`` when one is given.
     """
-    _check_output_path(output)
+    _output.check_target(output, "hvrt.expand")
+    model._check_fitted()
+    n = check_n(n)
+    _output.check_size(n, int(model.n_features_in_), output)
     out = expand_raw(model, n, **kwargs)
-    return model._to_output(out, output=output)
+    if output is None:
+        return model._to_output(out)
+    return model._to_output(out, output=output, kind="hvrt.expand", provenance=_provenance(model, n, kwargs))
+
+
+def _provenance(model: Any, n: int, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """What an output records about the call that made it (strategy resolved as expand did)."""
+    strategy, params = resolve_strategy(model, kwargs.get("generation_strategy"), kwargs.get("bandwidth"),
+                                        kwargs.get("adaptive_bandwidth", False), kwargs.get("strategy_params"))
+    return {"stage": "expand", "n": n, "call": model._call_counters_.get("expand", 1) - 1,
+            "generation_strategy": strategy.name, "strategy_params": params,
+            "variance_weighted": kwargs.get("variance_weighted", False), "clip": kwargs.get("clip", True),
+            "external_X": kwargs.get("X") is not None}
 
 
 def training_raw(model: Any) -> Any:
@@ -325,11 +345,15 @@ def augment(model: Any, n: int, variance_weighted: bool | str = False, output=No
     n_train = int(model.n_samples_)
     if n <= n_train:
         raise ValueError(f"augment(n) needs n > the {n_train} training rows, got {n}")
-    _check_output_path(output)
+    _output.check_target(output, "hvrt.expand")
+    _output.check_size(n, int(model.n_features_in_), output)
     synth = expand_raw(model, n - n_train, variance_weighted=variance_weighted, **kwargs)
     train = training_raw(model)
     if isinstance(synth, da.Array) or isinstance(train, da.Array):
         out = da.concatenate([da.asarray(train), da.asarray(synth)], axis=0)
     else:
         out = np.concatenate([train, synth], axis=0)
-    return model._to_output(out, output=output)
+    if output is None:
+        return model._to_output(out)
+    prov = {**_provenance(model, n - n_train, {**kwargs, "variance_weighted": variance_weighted}), "stage": "augment"}
+    return model._to_output(out, output=output, kind="hvrt.expand", provenance=prov)

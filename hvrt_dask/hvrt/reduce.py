@@ -27,10 +27,12 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 
 from hvrt_dask import config
 from hvrt_dask._seeding import generator
 from hvrt_dask.hvrt._budgets import reduce_budgets
+from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt.selection import SelectionStrategy, get_selection_strategy
 
@@ -163,7 +165,10 @@ class ReduceMixin:
             External data with the training columns: it is partitioned by the fitted tree and
             reduced instead of the training rows (contexts are not cached).
         output : str or path, optional
-            Write the selected rows to a new Zarr array at this path and return it.
+            Write the selected rows to this new path (Zarr group, or Parquet for
+            ``*.parquet``; :mod:`hvrt_dask.hvrt.output`) with their original row numbers
+            (``source_row``) and the input DataFrame's index labels, and return them read
+            back as a lazy dask DataFrame.
         min_samples_per_partition : int, optional
             Budget floor per partition (default: the estimator's parameter).
         params : mapping, optional
@@ -172,7 +177,8 @@ class ReduceMixin:
         Returns
         -------
         X_reduced : same kind as the input
-            Selected rows, grouped by partition (sorted partition id) — raw original units.
+            Selected rows, grouped by partition (sorted partition id) — raw original units;
+            a pandas result keeps the input's index labels of the selected rows.
         indices : ndarray or dask array of int64
             Only with ``return_indices=True``.
         """
@@ -209,8 +215,7 @@ class ReduceMixin:
             contexts = None
         n_rows = int(sizes.sum())
         total = _check_total(n, ratio, n_rows)
-        if output is not None and os.path.exists(os.fspath(output)):
-            raise ValueError(f"output path {os.fspath(output)!r} already exists")
+        _output.check_target(output, "hvrt.reduce")
 
         # ---- budgets (client side, P numbers) ------------------------------------------
         budgets = reduce_budgets(sizes, total, mabsz, variance_weighted, int(floor))
@@ -260,7 +265,10 @@ class ReduceMixin:
                 dtype=np.int64, align_arrays=False, adjust_chunks={"i": bchunks},
                 meta=np.empty((0,), dtype=np.int64),
             )
-        out = self._reduce_output(Xs, output)
+        prov = {"stage": "reduce", "n": total, "call": call, "method": strategy.name, "params": params,
+                "variance_weighted": variance_weighted, "min_samples_per_partition": int(floor),
+                "external_X": X is not None}
+        out = self._reduce_output(Xs, output, rows, prov)
         if return_indices:
             return out, rows
         return out
@@ -270,8 +278,15 @@ class ReduceMixin:
         """Per-chunk selection contexts over all z columns, cached on the model."""
         return _contexts_for(self, strategy, params)
 
-    def _reduce_output(self, arr: Any, output: Any) -> Any:
-        return self._to_output(arr, output=output)
+    def _reduce_output(self, arr: Any, output: Any, rows: Any, provenance: Mapping[str, Any]) -> Any:
+        """The selected rows as the input's kind (a DataFrame keeps its index), or written."""
+        if output is not None:
+            return self._to_output(arr, output=output, kind="hvrt.reduce", provenance=provenance, rows=rows)
+        out = self._to_output(arr)
+        index = self.input_spec_.index
+        if isinstance(out, pd.DataFrame) and index is not None and not isinstance(rows, da.Array):
+            out.index = index[np.asarray(rows, dtype=np.int64)]
+        return out
 
     def _reduce_external_layout(
         self, X: Any, strategy: SelectionStrategy, params: Mapping[str, Any]
