@@ -104,8 +104,10 @@ def _peer_expand(df: pd.DataFrame, n: int) -> pd.DataFrame:
     out[:, keep] = S
     frame = {}
     for j, c in enumerate(df.columns):
-        if c in labels:
-            frame[c] = cats[c][np.clip(np.rint(out[:, j]).astype(int), 0, len(cats[c]) - 1)]
+        if c in labels:  # codes → the original labels and dtype
+            strs = cats[c][np.clip(np.rint(out[:, j]).astype(int), 0, len(cats[c]) - 1)]
+            original = {str(v): v for v in df[c].unique()}
+            frame[c] = pd.Series([original[v] for v in strs]).astype(df[c].dtype)
         else:
             frame[c] = out[:, j]
     return pd.DataFrame(frame)

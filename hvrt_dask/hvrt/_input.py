@@ -125,7 +125,7 @@ def _from_pandas(X, feature_types) -> tuple[np.ndarray, InputSpec]:
         col = X[name]
         pd_dt = col.dtype
         if pd.api.types.is_complex_dtype(pd_dt):
-            raise TypeError(f"column {columns[j]!r} is complex ({pd_dt}); HVRT needs real values")
+            raise ValueError(f"Complex data not supported: column {columns[j]!r} is {pd_dt}; HVRT needs real values")
         if isinstance(pd_dt, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(pd_dt) or not _pandas_numeric(pd_dt):
             if ft[j] not in ("categorical", "constant", "auto"):
                 raise TypeError(
@@ -158,7 +158,7 @@ def _numeric_spec(arr: Any, kind: str, feature_types, columns=None, has_names=Fa
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-dimensional, got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.complexfloating):
-        raise TypeError(f"X has complex dtype {arr.dtype}; HVRT needs real values")
+        raise ValueError(f"Complex data not supported: X has dtype {arr.dtype}; HVRT needs real values")
     _check_rows(int(arr.shape[0]))
     if not _is_numeric(arr.dtype):
         raise TypeError(
@@ -187,7 +187,10 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
         Wrong dimensionality or a ``feature_types`` list of the wrong length.
     """
     import pandas as pd
+    import scipy.sparse
 
+    if scipy.sparse.issparse(X):
+        raise TypeError("sparse input is not supported: HVRT needs dense data; pass X.toarray()")
     if isinstance(X, pd.DataFrame):
         return _from_pandas(X, feature_types)
     if isinstance(X, pd.Series):
@@ -238,11 +241,14 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
         return _numeric_dask(da.from_zarr(X), "zarr", feature_types)
     if isinstance(X, (list, tuple)) or isinstance(X, np.ndarray):
         arr = np.asarray(X)
-        if arr.ndim == 2 and arr.dtype == object:  # nested lists of numbers
+        if arr.dtype == object:  # numbers held as objects work; anything else is refused
             try:
                 arr = arr.astype(np.float64)
-            except (TypeError, ValueError):
-                pass
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"X has non-numeric dtype object ({exc}); encode categoricals numerically "
+                    "or pass a pandas DataFrame"
+                ) from None
         spec = _numeric_spec(arr, "numpy", feature_types)
         return np.asarray(arr, dtype=np.float64), spec
     raise TypeError(

@@ -207,7 +207,7 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
         values, spec = _input.coerce_input(X, feature_types)
         n, d = (int(s) for s in values.shape)
         if d < 2:
-            raise ValueError(f"X has {d} column(s); HVRT needs at least 2 features")
+            raise ValueError(f"X has {d} feature(s) (shape={(n, d)}) while a minimum of 2 is required by HVRT")
         s_size = _tree.default_sample_size()
         # Checks that depend only on (n, d) come before any pass over the data.
         params = _tree.resolve_tree_params(
@@ -215,7 +215,7 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
         )
         if n < 2 * params.min_samples_leaf:
             raise ValueError(
-                f"X has {n} rows; growing a partition tree needs at least "
+                f"X has {n} rows (n_samples = {n}); growing a partition tree needs at least "
                 f"2 * min_samples_leaf = {2 * params.min_samples_leaf}"
             )
         seed = _resolve_seed(self.random_state)

@@ -327,8 +327,11 @@ def read_output(path: str | os.PathLike, lazy: bool = False) -> Any:
     if output_format(p) == "parquet":
         import dask.dataframe as dd
 
+        dtypes = dict(zip(spec.columns, spec.pandas_dtypes))  # exact string/category dtypes
+        if not lazy:
+            return _astype(pd.read_parquet(p), dtypes)
         df = dd.read_parquet(p)
-        return df if lazy else df.compute()
+        return df.map_partitions(_astype, dtypes, meta=_astype(df._meta, dtypes))
     import xarray as xr
 
     ds = xr.open_zarr(p, consolidated=False)
@@ -339,6 +342,15 @@ def read_output(path: str | os.PathLike, lazy: bool = False) -> Any:
         return _frame(data, spec, rows, labels, rec["index_name"])
     return _decode_block(np.asarray(data), spec, None if rows is None else np.asarray(rows),
                          None if labels is None else np.asarray(labels), rec["index_name"])
+
+
+def _astype(df: pd.DataFrame, dtypes: Mapping[str, Any]) -> pd.DataFrame:
+    """The recorded dtypes; categoricals re-coded (equal unordered dtypes compare equal in any order)."""
+    df = df.astype(dtypes)
+    for c, dt in dtypes.items():
+        if isinstance(dt, pd.CategoricalDtype):
+            df[c] = pd.Categorical(np.asarray(df[c], dtype=object), dtype=dt)
+    return df
 
 
 def open_dataset(path: str | os.PathLike):
