@@ -188,18 +188,21 @@ def _table(rows: list[dict]) -> str:
 
 
 def _verdict(rows: list[dict]) -> str:
-    out = ["| table | default AUC ≤ 0.75 | default marginal ≥ peer | default DCR ≥ 0.5 | default AUC ≤ best non-copying + 0.02 |",
+    """Targets of the default. "Worse" AUC = further from 0.5: below 0.5 is the copying signature."""
+    out = ["| table | default AUC ≤ 0.75 | default marginal ≥ peer | default DCR ≥ 0.5 | "
+           "default abs(AUC−0.5) ≤ best non-copying's + 0.02 |",
            "|---|---|---|---|---|"]
     for t in dict.fromkeys(r["table"] for r in rows):
         rs = [r for r in rows if r["table"] == t]
         peer = next(r for r in rs if r["side"] == "hvrt 2.11.0")
         ours = next(r for r in rs if r["side"] == "hvrt_dask" and r["strategy"] == "default")
-        ok = [r["auc"] for r in rs if r["side"] == "hvrt_dask" and r["dcr"] >= NON_COPYING_DCR]
-        best = min(ok) if ok else float("nan")
+        ok = [r for r in rs if r["side"] == "hvrt_dask" and r["dcr"] >= NON_COPYING_DCR]
+        best = min(ok, key=lambda r: abs(r["auc"] - 0.5)) if ok else None
+        gap, bgap = abs(ours["auc"] - 0.5), abs(best["auc"] - 0.5) if best else float("nan")
         out.append(f"| {t} | {ours['auc']:.3f} {'✓' if ours['auc'] <= 0.75 else '✗'} | "
                    f"{ours['marginal']:.3f} vs {peer['marginal']:.3f} {'✓' if ours['marginal'] >= peer['marginal'] else '✗'} | "
                    f"{ours['dcr']:.2f} {'✓' if ours['dcr'] >= 0.5 else '✗'} | "
-                   f"{ours['auc']:.3f} vs {best:.3f} {'✓' if ours['auc'] <= best + 0.02 else '✗'} |")
+                   f"{gap:.3f} vs {bgap:.3f} ({best['strategy'] if best else '–'}) {'✓' if gap <= bgap + 0.02 else '✗'} |")
     return "\n".join(out)
 
 

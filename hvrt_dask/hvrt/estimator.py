@@ -22,12 +22,7 @@ from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt._contexts import chunk_contexts
 from hvrt_dask.hvrt._layout import GroupedData, group_rows
 
-try:  # the reduce engineer's mixin; an empty base until that module exists
-    from hvrt_dask.hvrt.reduce import ReduceMixin
-except ImportError:  # pragma: no cover - depends on the other module being present
-
-    class ReduceMixin:  # type: ignore[no-redef]
-        """Placeholder until :mod:`hvrt_dask.hvrt.reduce` provides ``reduce()``."""
+from hvrt_dask.hvrt.reduce import ReduceMixin
 
 
 def _active_client():
