@@ -23,8 +23,10 @@ without it, so an interrupted write never looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
@@ -224,10 +226,21 @@ def _write_zarr(darr: da.Array, spec: InputSpec, out: str, rec: dict, rows: da.A
         if index is not None:
             labels = rows.map_blocks(_take_labels, index, dtype=_label_dtype(index))
             variables[SOURCE_INDEX] = ((ROW,), labels)
-    ds = xr.Dataset(variables, coords={COLUMN: np.asarray(spec.columns, dtype=str)})
+    ds = xr.Dataset(variables, coords={COLUMN: np.asarray(spec.columns, dtype=object)})
     ds.attrs[ATTR] = json.loads(json.dumps(rec))
     # mode "a": the directory already holds our ownership marker (and nothing else).
-    ds.to_zarr(out, mode="a", compute=True, consolidated=False)
+    # Consolidated metadata lets a plain xarray.open_zarr(path) open it without warnings.
+    with _quiet_zarr():
+        ds.to_zarr(out, mode="a", compute=True, consolidated=True)
+
+
+@contextlib.contextmanager
+def _quiet_zarr():
+    """Silence zarr's notes about our dot-file markers and v3 consolidated metadata."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at \.hvrt_dask")
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        yield
 
 
 def _label_dtype(index: pd.Index) -> np.dtype:
@@ -286,7 +299,8 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     if output_format(p) == "zarr":
         import xarray as xr
 
-        return dict(xr.open_zarr(p, consolidated=False).attrs[ATTR])
+        with _quiet_zarr():
+            return dict(xr.open_zarr(p).attrs[ATTR])
     import pyarrow.parquet as pq
 
     files = sorted(f for f in os.listdir(p) if f.endswith(".parquet") and not f.startswith((".", "_")))
@@ -334,7 +348,8 @@ def read_output(path: str | os.PathLike, lazy: bool = False) -> Any:
         return df.map_partitions(_astype, dtypes, meta=_astype(df._meta, dtypes))
     import xarray as xr
 
-    ds = xr.open_zarr(p, consolidated=False)
+    with _quiet_zarr():
+        ds = xr.open_zarr(p)
     data = ds[VARIABLE].data
     rows = ds[SOURCE_ROW].data if SOURCE_ROW in ds else None
     labels = ds[SOURCE_INDEX].data if SOURCE_INDEX in ds else None
@@ -357,4 +372,5 @@ def open_dataset(path: str | os.PathLike):
     """The complete Zarr output as an ``xarray.Dataset`` (refuses incomplete outputs)."""
     import xarray as xr
 
-    return xr.open_zarr(ownership.require_complete(path, "hvrt_dask output"), consolidated=False)
+    with _quiet_zarr():
+        return xr.open_zarr(ownership.require_complete(path, "hvrt_dask output"))
