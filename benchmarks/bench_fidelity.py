@@ -223,7 +223,7 @@ def main() -> None:
     print(verdict)
     if args.no_write:
         return
-    from hvrt_dask.hvrt.expand import default_strategy_name
+    from hvrt_dask.hvrt.expand import default_strategy
 
     kind_lines = "\n".join(f"- {t}: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())) for t, c in kinds.items())
     text = f"""# Fidelity on mixed-type tables: hvrt_dask vs hvrt==2.11.0
@@ -232,7 +232,7 @@ Run: `python -m benchmarks.bench_fidelity`
 
 {__doc__.split(chr(10) + chr(10), 1)[1].split("Usage:")[0].strip()}
 
-The default strategy of `hvrt_dask` is `{default_strategy_name()}` (`generation_strategy=None`/`'auto'`).
+The default strategy of `hvrt_dask` is `{default_strategy()[0].name}` with `{default_strategy()[1]}` (`generation_strategy=None`/`'auto'`).
 Column kinds `feature_types="auto"` found:
 
 {kind_lines}
