@@ -373,7 +373,8 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
         """A result in original units as the input's kind, or written to ``output``.
 
         With ``output``, the result is written as a complete, self-describing Zarr group or
-        Parquet dataset (:mod:`hvrt_dask.hvrt.output`) and returned read back lazily.
+        Parquet dataset (:mod:`hvrt_dask.hvrt.output`) and its resolved path is returned
+        (read it with :func:`hvrt_dask.hvrt.read_output`); nothing is read back.
         """
         self._check_fitted()
         if output is None:
@@ -381,8 +382,7 @@ class _HVRTBase(ReduceMixin, BaseEstimator):
         prov = {"estimator": type(self).__name__, "seed": int(self.random_state_),
                 "model_params": {k: v for k, v in self.get_params().items() if k != "random_state"},
                 **(provenance or {})}
-        path = _output.write(arr, self.input_spec_, output, kind, prov, rows=rows)
-        return _output.read_output(path, lazy=True)
+        return _output.write(arr, self.input_spec_, output, kind, prov, rows=rows)
 
     def apply_raw(self, X: Any) -> np.ndarray:
         """Partition (leaf) id of every row of external data ``X`` (numpy int64)."""

@@ -294,16 +294,16 @@ def expand(model: Any, n: int, output: str | os.PathLike | None = None, **kwargs
         Generate from external data with the fitted tree and scaler (contexts not cached).
     output : str or path, optional
         Write the result to this new path — a Zarr group, or Parquet for ``*.parquet`` —
-        complete and self-describing (:mod:`hvrt_dask.hvrt.output`), and return it read back
-        as a lazy dask DataFrame (:func:`hvrt_dask.hvrt.read_output`).
+        complete and self-describing (:mod:`hvrt_dask.hvrt.output`), and return its resolved
+        path (read it back with :func:`hvrt_dask.hvrt.read_output`).
     strategy_params : mapping, optional
         Extra options passed to the strategy's ``prepare`` (part of the context cache key).
 
     Returns
     -------
     ndarray, DataFrame, dask array, dask DataFrame or xarray DataArray
-        Mirrors the training input's kind (see :func:`hvrt_dask.hvrt._input.to_output`); a
-        dask DataFrame read from ``output`` when one is given.
+        Mirrors the training input's kind (see :func:`hvrt_dask.hvrt._input.to_output`); the
+        written path (str) when ``output`` is given.
     """
     _output.check_target(output, "hvrt.expand")
     model._check_fitted()

@@ -167,8 +167,8 @@ class ReduceMixin:
         output : str or path, optional
             Write the selected rows to this new path (Zarr group, or Parquet for
             ``*.parquet``; :mod:`hvrt_dask.hvrt.output`) with their original row numbers
-            (``source_row``) and the input DataFrame's index labels, and return them read
-            back as a lazy dask DataFrame.
+            (``source_row``) and the input DataFrame's index labels, and return the written
+            path (read it with :func:`hvrt_dask.hvrt.read_output`).
         min_samples_per_partition : int, optional
             Budget floor per partition (default: the estimator's parameter).
         params : mapping, optional
