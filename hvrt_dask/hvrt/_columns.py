@@ -180,7 +180,8 @@ class Decoder:
         gen = self.generated
         if self.lo is not None and len(gen):
             if len(gen) == out.shape[1]:
-                np.clip(out, self.lo, self.hi, out=out)
+                per_column(np.minimum, out, self.hi)
+                per_column(np.maximum, out, self.lo)
             else:
                 out[:, gen] = np.clip(out[:, gen], self.lo, self.hi)
         for k, (j, values) in enumerate(self.atoms):
@@ -197,6 +198,30 @@ class Decoder:
         if len(self.constant):
             out[:, self.constant] = self.constant_values
         return out
+
+
+_TILE = 1024
+
+
+def per_column(ufunc: np.ufunc, a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``ufunc(a, v, out=a)`` with the per-column vector ``v``, on long inner loops.
+
+    Broadcasting a length-d vector over rows gives numpy an inner loop of d elements; on a
+    C-contiguous block the same elementwise result comes ~2× faster by viewing the block as
+    rows of ``d·1024`` values against ``v`` tiled 1024 times (bit-identical: same operations).
+    """
+    if a.ndim != 2 or not a.flags.c_contiguous or a.shape[1] == 0:
+        return ufunc(a, v, out=a)
+    d = a.shape[1]
+    tiled = np.tile(v, _TILE)
+    flat = a.reshape(-1)
+    m = (flat.size // tiled.size) * tiled.size
+    if m:
+        body = flat[:m].reshape(-1, tiled.size)
+        ufunc(body, tiled, out=body)
+    rest = flat[m:].reshape(-1, d)
+    ufunc(rest, v, out=rest)
+    return a
 
 
 def snap(x: np.ndarray, levels: np.ndarray) -> np.ndarray:

@@ -284,13 +284,6 @@ def coerce_like(X: Any, spec: InputSpec) -> Any:
     return values
 
 
-def _ncols(X) -> int:
-    shape = getattr(X, "shape", None)
-    if shape is not None and len(shape) == 2:
-        return int(shape[1])
-    return -1
-
-
 def restore_dtypes_block(block: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Round the integer-dtype columns of a float block (they are cast back to integers).
 

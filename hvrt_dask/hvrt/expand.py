@@ -36,7 +36,7 @@ from hvrt_dask.hvrt import _input
 from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
-from hvrt_dask.hvrt._columns import Decoder
+from hvrt_dask.hvrt._columns import Decoder, per_column
 from hvrt_dask.hvrt._contexts import chunk_contexts
 from hvrt_dask.hvrt._layout import map_local
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
@@ -135,8 +135,8 @@ class _Post:
         Z = np.asarray(Z, dtype=np.float64)
         if len(self.cont) == self.d and Z.flags.writeable and Z.shape == (total, self.d):
             out = Z  # all generated, already in column order: transform in place
-            out *= self.scale
-            out += self.center
+            per_column(np.multiply, out, self.scale)
+            per_column(np.add, out, self.center)
         else:
             out = np.empty((total, self.d), dtype=np.float64)
             if len(self.cont):

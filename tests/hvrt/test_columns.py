@@ -154,3 +154,14 @@ def test_snap_is_nearest_level():
     x = np.array([-9.0, -0.25, 0.1, 0.2, 1.0, 1.2, 5.0])
     ref = levels[np.abs(x[:, None] - levels[None, :]).argmin(axis=1)]
     np.testing.assert_array_equal(snap(x, levels), ref)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 1024, 3000])
+def test_per_column_matches_broadcasting(rows):
+    from hvrt_dask.hvrt._columns import per_column
+
+    rng = np.random.default_rng(rows)
+    a = rng.standard_normal((rows, 7))
+    v = rng.standard_normal(7)
+    for uf in (np.multiply, np.add, np.minimum, np.maximum):
+        np.testing.assert_array_equal(per_column(uf, a.copy(), v), uf(a, v))
