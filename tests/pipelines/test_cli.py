@@ -104,7 +104,7 @@ def test_expand_end_to_end_matches_library(tmp_path):
     assert "Dask dashboard: http://127.0.0.1:" in out.stdout
     got = read_output(str(tmp_path / "run" / "expanded.zarr")).to_numpy()
     X = load_wine(as_frame=True).data
-    ref = HVRT(random_state=5).fit(X).expand(400)
+    ref = HVRT(random_state=5).fit(X).expand(400, clip=False)  # the pipeline schema passes clip: false
     np.testing.assert_array_equal(got, np.asarray(ref, dtype=got.dtype))
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "success" and info["stages"]["expand"]["result"]["out"].endswith("expanded.zarr")
