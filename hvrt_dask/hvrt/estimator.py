@@ -7,6 +7,7 @@ partition target (see :mod:`hvrt_dask.hvrt._targets`). They are scikit-learn est
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +45,9 @@ def _resolve_seed(random_state: Any, draw: bool = True) -> int:
     raise ValueError(
         f"random_state must be an int, None, numpy.random.RandomState or numpy.random.Generator, got {rs!r}"
     )
+
+
+_TRAINING_INDEX = object()  # _to_output's default: the rows are the training rows
 
 
 def _col_names(spec: _input.InputSpec, idx) -> list[str]:
@@ -335,20 +339,22 @@ class _HVRTBase(BaseEstimator):
 
     def _to_output(self, arr: Any, columns: Any = None, output: str | os.PathLike | None = None,
                    kind: str = "hvrt.expand", provenance: Mapping[str, Any] | None = None,
-                   rows: Any = None) -> Any:
+                   rows: Any = None, index: Any = _TRAINING_INDEX) -> Any:
         """A result in original units as the input's kind, or written to ``output``.
 
         With ``output``, the result is written as a complete, self-describing Zarr group or
         Parquet dataset (:mod:`hvrt_dask.hvrt.output`) and its resolved path is returned
-        (read it with :func:`hvrt_dask.hvrt.read_output`); nothing is read back.
+        (read it with :func:`hvrt_dask.hvrt.read_output`); nothing is read back. ``index``:
+        the row labels ``rows`` refer to (default: the training input's; None for none).
         """
         self._check_fitted()
         if output is None:
             return _input.to_output(arr, self.input_spec_)
+        spec = self.input_spec_ if index is _TRAINING_INDEX else dataclasses.replace(self.input_spec_, index=index)
         prov = {"estimator": type(self).__name__, "seed": int(self.random_state_),
                 "model_params": {k: v for k, v in self.get_params().items() if k != "random_state"},
                 **(provenance or {})}
-        return _output.write(arr, self.input_spec_, output, kind, prov, rows=rows)
+        return _output.write(arr, spec, output, kind, prov, rows=rows)
 
     def apply_raw(self, X: Any) -> np.ndarray:
         """Partition (leaf) id of every row of external data ``X`` (numpy int64)."""

@@ -260,18 +260,20 @@ def reduce(
     prov = {"stage": "reduce", "n": total, "call": call, "method": strategy.name, "params": params,
             "variance_weighted": variance_weighted, "min_samples_per_partition": int(floor),
             "external_X": X is not None}
-    out = _reduce_output(model, Xs, output, rows, prov)
+    # The labels the selected row numbers refer to: the training input's, or external X's.
+    index = model.input_spec_.index if X is None else (X.index if isinstance(X, pd.DataFrame) else None)
+    out = _reduce_output(model, Xs, output, rows, prov, index)
     if return_indices:
         return out, rows
     return out
 
 
-def _reduce_output(model: Any, arr: Any, output: Any, rows: Any, provenance: Mapping[str, Any]) -> Any:
-    """The selected rows as the input's kind (a DataFrame keeps its index), or written."""
+def _reduce_output(model: Any, arr: Any, output: Any, rows: Any, provenance: Mapping[str, Any], index: Any) -> Any:
+    """The selected rows as the input's kind (a DataFrame keeps the labels in ``index``), or written."""
     if output is not None:
-        return model._to_output(arr, output=output, kind="hvrt.reduce", provenance=provenance, rows=rows)
+        return model._to_output(arr, output=output, kind="hvrt.reduce", provenance=provenance, rows=rows,
+                                index=index)
     out = model._to_output(arr)
-    index = model.input_spec_.index
     if isinstance(out, pd.DataFrame) and index is not None and not isinstance(rows, da.Array):
         out.index = index[np.asarray(rows, dtype=np.int64)]
     return out

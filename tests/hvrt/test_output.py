@@ -99,6 +99,25 @@ def test_reduce_carries_rows_and_index(df, tmp_path, suffix):
     pd.testing.assert_frame_equal(got.drop(columns="rid").reset_index(drop=True), ref.reset_index(drop=True))
 
 
+@pytest.mark.parametrize("suffix", [None, ".zarr"])
+def test_reduce_of_external_frame_carries_its_own_index(df, tmp_path, suffix):
+    """reduce(X=other): the selected row numbers refer to ``other``, so do the labels."""
+    m = HVRT(random_state=0).fit(df)
+    rng = np.random.default_rng(7)
+    other = df.sample(n=3 * len(df), replace=True, random_state=1).reset_index(drop=True)
+    other.index = pd.Index([f"e{i}" for i in rng.permutation(len(other))], name="eid")
+    if suffix is None:
+        got, rows = m.reduce(n=80, X=other, return_indices=True)
+        assert list(got.index) == list(other.index[rows])
+        return
+    path = tmp_path / f"r{suffix}"
+    _, rows = HVRT(random_state=0).fit(df).reduce(n=80, X=other, return_indices=True)
+    HVRT(random_state=0).fit(df).reduce(n=80, X=other, output=str(path))
+    got = read_output(path)
+    np.testing.assert_array_equal(got.index.to_numpy(), rows)
+    assert list(got["eid"]) == list(other.index[rows])
+
+
 def test_reduce_lazy_on_cluster(client, tmp_path):
     X = np.random.default_rng(4).standard_normal((4000, 3))
     with dask.config.set({"hvrt.chunks.target-rows": 1000}):
