@@ -1,12 +1,15 @@
-"""Tables for the HVRT stages: bundled scikit-learn datasets, .npy, CSV, Parquet, Zarr arrays."""
+"""Tables for the HVRT stages: bundled scikit-learn datasets, .npy, CSV, Parquet, Zarr arrays,
+and the outputs of earlier expand/reduce stages (read with :func:`hvrt_dask.hvrt.read_output`)."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from hvrt_dask import ownership
 from pipelines.schema import ConfigError
 
+HVRT_OUTPUT_KINDS = ("hvrt.expand", "hvrt.reduce")
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".npy", ".zarr")
 
 
@@ -39,10 +42,19 @@ def check_data(spec: str) -> None:
         return
     if not os.path.exists(spec):
         raise FileNotFoundError(f"{spec!r} does not exist")
+    if hvrt_output(spec):
+        ownership.require_complete(spec, "hvrt_dask output")  # refuses a half-written one
+        return
     if kind == "zarr" and not os.path.exists(os.path.join(spec, "zarr.json")) \
             and not os.path.exists(os.path.join(spec, ".zarray")):
         raise ValueError(f"{spec!r} is not a table this stage reads (sklearn:<loader>, .npy, .csv,"
                          " .parquet or a Zarr array)")
+
+
+def hvrt_output(spec: str) -> bool:
+    """True when ``spec`` is an ``expand``/``reduce`` output (Zarr group or Parquet dataset)."""
+    owner = ownership.read_owner(spec) if os.path.isdir(spec) else None
+    return owner is not None and owner.get("kind") in HVRT_OUTPUT_KINDS
 
 
 def load_data(spec: str, persist: bool = False) -> Any:
@@ -57,6 +69,11 @@ def load_data(spec: str, persist: bool = False) -> Any:
         check_data(spec)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"data: {exc}") from None
+    if hvrt_output(spec):  # names, dtypes and categories restored; lazily, one partition per chunk
+        from hvrt_dask.hvrt import read_output
+
+        df = read_output(spec, lazy=True)
+        return df.persist() if persist else df
     kind = data_kind(spec)
     if kind == "sklearn":
         import sklearn.datasets

@@ -113,10 +113,10 @@ def run_demo(
         errors = [f"{s}: {r.get('error')}" for s, r in info.get("stages", {}).items() if r.get("status") == "failed"]
         raise RuntimeError(f"demo run failed (exit {code}): {'; '.join(errors) or 'see run.json'}")
 
-    import zarr
+    from hvrt_dask.hvrt import read_output
 
-    synth = np.asarray(zarr.open_array(cfg.expand.out, mode="r")[:], dtype=np.float64)
-    reduced = np.asarray(zarr.open_array(cfg.reduce.out, mode="r")[:], dtype=np.float64)
+    synth = read_output(cfg.expand.out).to_numpy(dtype=np.float64)
+    reduced = read_output(cfg.reduce.out).to_numpy(dtype=np.float64)
     rng = _seeding.generator(seed, "demo", "uniform-subset")
     uniform = real[np.sort(rng.choice(real.shape[0], size=reduced.shape[0], replace=False))]
 

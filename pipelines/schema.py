@@ -134,7 +134,7 @@ class ExpandSection:
     bandwidth: float | str | None = None
     variance_weighted: bool | str = False
     adaptive_bandwidth: bool = False
-    clip: bool = False
+    clip: bool | None = None  # None: the engine's default (``HVRT.expand(clip=True)``)
     persist_input: bool = False
 
 
@@ -142,8 +142,9 @@ class ExpandSection:
 class ReduceSection:
     """``HVRT(**model).fit(data).reduce(n | ratio, ...)`` written to ``out`` (relative to ``run.dir``).
 
-    With ``return_indices`` the output is a Zarr group holding ``data`` (the selected rows)
-    and ``indices`` (their row numbers in ``data``).
+    The output (:mod:`hvrt_dask.hvrt.output`) always carries the selected rows' original row
+    numbers (``source_row``) next to ``data``; ``return_indices`` is kept for old configs and
+    changes nothing.
     """
 
     data: str

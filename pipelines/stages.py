@@ -68,6 +68,11 @@ def _fitted_estimator(section: Any, ctx: StageContext, steps: progress.Steps) ->
     return HVRT(**params).fit(data, feature_types=section.feature_types)
 
 
+def _written_shape(built: str, est: Any) -> list[int]:
+    """(rows, columns) of a finished library output, from its completion record (no data read)."""
+    return [int(ownership.read_complete(built)["rows"]), int(est.n_features_in_)]
+
+
 def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
     out = _out("expand", section)
     steps = progress.Steps("expand", 3, ctx.echo)
@@ -75,16 +80,19 @@ def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
     staging = outputs.begin_staged(out, ctx.run_id)
     built = os.path.join(staging, "out")
     steps.step("generate and write")
-    result = est.expand(
+    # The library writes a complete, owned hvrt.expand output (hvrt_dask.hvrt.output) inside
+    # the staging directory; it is renamed into place whole. clip unset: the engine default.
+    extra = {} if section.clip is None else {"clip": section.clip}
+    est.expand(
         section.n,
         generation_strategy=section.generation_strategy,
         bandwidth=section.bandwidth,
         variance_weighted=section.variance_weighted,
         adaptive_bandwidth=section.adaptive_bandwidth,
-        clip=section.clip,
         output=built,
+        **extra,
     )
-    shape = [int(v) for v in result.shape]
+    shape = _written_shape(built, est)
     steps.close()
     outputs.finish_staged(built, out, outputs.KINDS["expand"], ctx.run_id)
     return {"out": out, "shape": shape, "n_partitions": summarize(getattr(est, "n_partitions_", None)),
@@ -92,38 +100,25 @@ def run_expand(section: Any, ctx: StageContext) -> dict[str, Any]:
 
 
 def run_reduce(section: Any, ctx: StageContext) -> dict[str, Any]:
-    import zarr
-
     out = _out("reduce", section)
     steps = progress.Steps("reduce", 3, ctx.echo)
     est = _fitted_estimator(section, ctx, steps)
     staging = outputs.begin_staged(out, ctx.run_id)
     built = os.path.join(staging, "out")
-    if section.return_indices:  # a group: the selected rows and their row numbers
-        zarr.open_group(built, mode="w-", attributes={"hvrt_dask": "reduce", "arrays": ["data", "indices"]})
     steps.step("select and write")
-    result = est.reduce(
+    # The output carries the selected rows' original row numbers (source_row) in any case.
+    est.reduce(
         n=section.n,
         ratio=section.ratio,
         method=section.method,
         variance_weighted=section.variance_weighted,
-        return_indices=section.return_indices,
-        output=os.path.join(built, "data") if section.return_indices else built,
+        output=built,
     )
-    if section.return_indices:
-        import dask.array as da
-        import numpy as np
-
-        data, idx = result
-        idx = da.asarray(idx) if not isinstance(idx, np.ndarray) else idx
-        da.to_zarr(da.asarray(idx).astype("int64"), os.path.join(built, "indices"), compute=True)
-        result = data
-    shape = [int(v) for v in result.shape]
+    shape = _written_shape(built, est)
     steps.close()
     outputs.finish_staged(built, out, outputs.KINDS["reduce"], ctx.run_id)
-    extra = " (+ indices)" if section.return_indices else ""
     return {"out": out, "shape": shape, "n_partitions": summarize(getattr(est, "n_partitions_", None)),
-            "summary": f"{shape[0]} of {est.n_samples_} rows kept{extra}"}
+            "summary": f"{shape[0]} of {est.n_samples_} rows kept (+ source_row)"}
 
 
 # ----------------------------------------------------------------------------- SAE stages

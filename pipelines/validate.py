@@ -62,7 +62,7 @@ def _check_hvrt(k: _Key, sec: Any, seed: int) -> None:
 
 
 def check_expand(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
-    from hvrt_dask.hvrt.expand import _check_bandwidth, check_n
+    from hvrt_dask.hvrt.expand import check_bandwidth, check_n
     from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES
 
     _check_hvrt(k, sec, cfg.run.seed)
@@ -70,7 +70,7 @@ def check_expand(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
     if sec.generation_strategy not in (None, "auto"):
         k.call("generation_strategy", GENERATION_STRATEGIES.get, sec.generation_strategy)
     if sec.bandwidth is not None:
-        k.call("bandwidth", _check_bandwidth, sec.bandwidth)
+        k.call("bandwidth", check_bandwidth, sec.bandwidth)
 
 
 def check_reduce(k: _Key, cfg: PipelineConfig, sec: Any) -> None:

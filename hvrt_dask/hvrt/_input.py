@@ -20,8 +20,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from hvrt_dask.hvrt._columns import check_feature_types
+
 LAZY_KINDS = ("dask", "dask_dataframe", "zarr", "xarray")
-_FEATURE_TYPES = ("continuous", "categorical")
 
 
 @dataclass
@@ -40,9 +41,11 @@ class InputSpec:
     dtypes : list of numpy.dtype
         Original per-column dtypes (``object`` for non-numeric categoricals).
     feature_types : list of str
-        ``"continuous"`` or ``"categorical"`` per column.
+        Per column: ``"auto"`` (until ``fit`` resolves it) or a kind of
+        :data:`hvrt_dask.hvrt._columns.KINDS`.
     categories : dict of int to ndarray
-        For non-numeric categorical columns: the labels, indexed by code.
+        For non-numeric categorical columns: the original labels (object array), indexed by
+        code; codes follow the lexicographic order of the labels' string form.
     pandas_dtypes : list, optional
         The exact pandas dtypes (``category``, nullable ints, ...) to restore on output.
     """
@@ -54,6 +57,7 @@ class InputSpec:
     feature_types: list[str]
     categories: dict[int, np.ndarray] = field(default_factory=dict)
     pandas_dtypes: list[Any] | None = None
+    index: Any = None  # the pandas index of a DataFrame input (reduce outputs carry it)
 
     @property
     def n_features(self) -> int:
@@ -68,51 +72,67 @@ class InputSpec:
         return np.array([np.issubdtype(dt, np.integer) or dt == np.bool_ for dt in self.dtypes])
 
 
-def _check_feature_types(feature_types: Sequence[str] | None, d: int) -> list[str]:
-    if feature_types is None:
-        return ["continuous"] * d
-    if isinstance(feature_types, str):
-        raise TypeError("feature_types must be a list with one entry per column, not a string")
-    ft = list(feature_types)
-    if len(ft) != d:
-        raise ValueError(f"feature_types has {len(ft)} entries but X has {d} columns")
-    for j, t in enumerate(ft):
-        if t not in _FEATURE_TYPES:
-            raise ValueError(
-                f"feature_types[{j}] = {t!r}; expected 'continuous' or 'categorical'"
-            )
-    return ft
-
-
 def _is_numeric(dt: np.dtype) -> bool:
     return np.issubdtype(dt, np.number) or dt == np.bool_
 
 
 def _encode_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes 0..K-1 in lexicographic order of the string form (as the reference does)."""
-    uniq = np.unique(values.astype(str))
-    codes = np.searchsorted(uniq, values.astype(str)).astype(np.float64)
-    return codes, uniq
+    """Codes 0..K-1 in lexicographic order of the string form (as the reference does).
+
+    Returns the codes and the original label objects (not their strings), so labels of any
+    type round-trip exactly.
+    """
+    strs = values.astype(str)
+    _, first, inv = np.unique(strs, return_index=True, return_inverse=True)
+    labels = np.empty(len(first), dtype=object)
+    labels[:] = list(values[first])
+    return inv.reshape(-1).astype(np.float64), labels
+
+
+def label_strings(labels: np.ndarray) -> np.ndarray:
+    """The sorted string forms the codes of :func:`_encode_labels` index."""
+    return np.asarray(labels).astype(str)
+
+
+def _check_names(labels: Sequence[Any]) -> list[str]:
+    """Column labels as strings; refuses duplicates and labels that collide once stringified."""
+    names = [str(c) for c in labels]
+    seen: dict[str, Any] = {}
+    for raw, name in zip(labels, names):
+        if name in seen:
+            what = "duplicate column name" if seen[name] == raw else "column labels that collide as strings"
+            raise ValueError(f"{what}: {seen[name]!r} and {raw!r} both become {name!r}; rename the columns")
+        seen[name] = raw
+    return names
+
+
+def _check_rows(n: int) -> None:
+    if n == 0:
+        raise ValueError("X has 0 rows; HVRT needs data to fit")
 
 
 def _from_pandas(X, feature_types) -> tuple[np.ndarray, InputSpec]:
     import pandas as pd
 
-    columns = [str(c) for c in X.columns]
+    columns = _check_names(list(X.columns))
     d = len(columns)
-    ft = _check_feature_types(feature_types, d)
+    ft = check_feature_types(feature_types, d)
+    _check_rows(len(X))
     out = np.empty((len(X), d), dtype=np.float64)
     dtypes: list[np.dtype] = []
     categories: dict[int, np.ndarray] = {}
     for j, name in enumerate(X.columns):
         col = X[name]
         pd_dt = col.dtype
-        if isinstance(pd_dt, pd.CategoricalDtype) or not _pandas_numeric(pd_dt):
-            if ft[j] != "categorical":
+        if pd.api.types.is_complex_dtype(pd_dt):
+            raise ValueError(f"Complex data not supported: column {columns[j]!r} is {pd_dt}; HVRT needs real values")
+        if isinstance(pd_dt, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(pd_dt) or not _pandas_numeric(pd_dt):
+            if ft[j] not in ("categorical", "constant", "auto"):
                 raise TypeError(
                     f"column {columns[j]!r} is non-numeric ({pd_dt}); mark it 'categorical' "
                     "in feature_types or encode it numerically"
                 )
+            ft[j] = "categorical" if ft[j] == "auto" else ft[j]
             vals = col.astype(object).to_numpy()
             if pd.isna(vals).any():
                 raise ValueError(f"column {columns[j]!r} contains missing values")
@@ -122,7 +142,8 @@ def _from_pandas(X, feature_types) -> tuple[np.ndarray, InputSpec]:
             vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
             out[:, j] = vals
             dtypes.append(np.dtype(pd_dt.numpy_dtype) if hasattr(pd_dt, "numpy_dtype") else np.dtype(pd_dt))
-    spec = InputSpec("pandas", columns, True, dtypes, ft, categories, list(X.dtypes))
+    spec = InputSpec("pandas", columns, True, dtypes, ft, categories, list(X.dtypes), X.index)
+    spec.has_names = all(isinstance(c, str) for c in X.columns)
     return out, spec
 
 
@@ -136,14 +157,17 @@ def _numeric_spec(arr: Any, kind: str, feature_types, columns=None, has_names=Fa
     """Validate a 2-D numeric array (numpy or dask) and describe it."""
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-dimensional, got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"Complex data not supported: X has dtype {arr.dtype}; HVRT needs real values")
+    _check_rows(int(arr.shape[0]))
     if not _is_numeric(arr.dtype):
         raise TypeError(
             f"X has non-numeric dtype {arr.dtype}; encode categoricals numerically "
             "(or pass a pandas DataFrame with feature_types)"
         )
     d = arr.shape[1]
-    ft = _check_feature_types(feature_types, d)
-    cols = columns if columns is not None else [f"x{j}" for j in range(d)]
+    ft = check_feature_types(feature_types, d)
+    cols = _check_names(columns) if columns is not None else [f"x{j}" for j in range(d)]
     return InputSpec(kind, list(cols), has_names, [np.dtype(arr.dtype)] * d, ft)
 
 
@@ -163,7 +187,10 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
         Wrong dimensionality or a ``feature_types`` list of the wrong length.
     """
     import pandas as pd
+    import scipy.sparse
 
+    if scipy.sparse.issparse(X):
+        raise TypeError("sparse input is not supported: HVRT needs dense data; pass X.toarray()")
     if isinstance(X, pd.DataFrame):
         return _from_pandas(X, feature_types)
     if isinstance(X, pd.Series):
@@ -174,7 +201,7 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
         import dask.dataframe as dd
 
         if isinstance(X, dd.DataFrame):
-            cols = [str(c) for c in X.columns]
+            cols = list(X.columns)
             for c, dt in zip(cols, X.dtypes):
                 if not _pandas_numeric(dt):
                     raise TypeError(
@@ -184,6 +211,7 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
             arr = X.to_dask_array(lengths=True)
             values, spec = _numeric_dask(arr, "dask_dataframe", feature_types, cols, True)
             spec.dtypes = [np.dtype(dt) for dt in X.dtypes]
+            spec.has_names = all(isinstance(c, str) for c in X.columns)
             return values, spec
     except ImportError:  # pragma: no cover - dask[dataframe] is a pinned dependency
         pass
@@ -195,7 +223,7 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
                 raise ValueError(f"X must be 2-dimensional, got dims {X.dims}")
             data = X.data if isinstance(X.data, da.Array) else da.from_array(np.asarray(X.data))
             coord = X.dims[1]
-            names = [str(v) for v in X[coord].values] if coord in X.coords else None
+            names = list(X[coord].values) if coord in X.coords else None
             return _numeric_dask(data, "xarray", feature_types, names, names is not None)
     except ImportError:  # pragma: no cover
         pass
@@ -213,6 +241,14 @@ def coerce_input(X: Any, feature_types: Sequence[str] | None = None) -> tuple[An
         return _numeric_dask(da.from_zarr(X), "zarr", feature_types)
     if isinstance(X, (list, tuple)) or isinstance(X, np.ndarray):
         arr = np.asarray(X)
+        if arr.dtype == object:  # numbers held as objects work; anything else is refused
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"X has non-numeric dtype object ({exc}); encode categoricals numerically "
+                    "or pass a pandas DataFrame"
+                ) from None
         spec = _numeric_spec(arr, "numpy", feature_types)
         return np.asarray(arr, dtype=np.float64), spec
     raise TypeError(
@@ -233,12 +269,13 @@ def coerce_like(X: Any, spec: InputSpec) -> Any:
         if missing:
             raise ValueError(f"X is missing the fitted columns {missing}")
         X = X.rename(columns=str)[spec.columns]
-    values, new = coerce_input(X, spec.feature_types if _ncols(X) == spec.n_features else None)
+    values, new = coerce_input(X, None)
     if new.n_features != spec.n_features:
         raise ValueError(f"X has {new.n_features} columns but the model was fitted on {spec.n_features}")
     for j, cats in spec.categories.items():
         if j in new.categories:  # re-map labels onto the fitted codes
-            labels = new.categories[j][values[:, j].astype(np.int64)]
+            cats = label_strings(cats)
+            labels = label_strings(new.categories[j])[values[:, j].astype(np.int64)]
             pos = np.searchsorted(cats, labels)
             bad = (pos >= len(cats)) | (cats[np.minimum(pos, len(cats) - 1)] != labels)
             if bad.any():
@@ -247,16 +284,13 @@ def coerce_like(X: Any, spec: InputSpec) -> Any:
     return values
 
 
-def _ncols(X) -> int:
-    shape = getattr(X, "shape", None)
-    if shape is not None and len(shape) == 2:
-        return int(shape[1])
-    return -1
-
-
 def restore_dtypes_block(block: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Round integer and categorical columns of a float block (codes stay numeric)."""
-    mask = spec.integer_mask | np.array([t == "categorical" for t in spec.feature_types])
+    """Round the integer-dtype columns of a float block (they are cast back to integers).
+
+    Categorical and discrete values are never rounded: they are exact copies of observed
+    values (e.g. a numeric categorical {0.25, 0.5}).
+    """
+    mask = spec.integer_mask
     if mask.any():
         block = block.copy()
         block[:, mask] = np.rint(block[:, mask])
@@ -270,33 +304,17 @@ def _numeric_out_dtype(spec: InputSpec) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def to_output(arr: Any, spec: InputSpec, output: str | os.PathLike | None = None) -> Any:
+def to_output(arr: Any, spec: InputSpec) -> Any:
     """Convert a result in original units (float, original column order) to the input's kind.
 
     Parameters
     ----------
     arr : ndarray or dask array, shape (N, d)
     spec : InputSpec
-    output : str or path, optional
-        Write the result to a new Zarr array at this path (chunks aligned with the dask
-        chunks) and return the opened Zarr array.
+
+    Writing to disk is :func:`hvrt_dask.hvrt.output.write`'s job.
     """
     arr = arr if isinstance(arr, da.Array) else np.asarray(arr)
-    if output is not None:
-        import zarr
-
-        darr = arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=(max(1, min(len(arr), 100_000)), -1))
-        darr = darr.map_blocks(restore_dtypes_block, spec, dtype=np.float64)
-        dt = _numeric_out_dtype(spec)
-        darr = darr.astype(dt)
-        # One zarr chunk per (uniform) dask chunk: writes must line up with chunks.
-        rows = max(1, darr.chunks[0][0]) if darr.shape[0] else 1
-        darr = darr.rechunk((rows, -1))
-        z = zarr.create_array(
-            os.fspath(output), shape=darr.shape, chunks=(rows, darr.shape[1]), dtype=dt, overwrite=False
-        )
-        da.store(darr, z, lock=False)
-        return zarr.open_array(os.fspath(output), mode="r")
     if spec.kind in ("numpy", "pandas"):
         out = np.asarray(arr.compute() if isinstance(arr, da.Array) else arr)
         out = restore_dtypes_block(out, spec)

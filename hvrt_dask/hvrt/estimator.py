@@ -7,6 +7,7 @@ partition target (see :mod:`hvrt_dask.hvrt._targets`). They are scikit-learn est
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,8 +18,36 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from hvrt_dask import _seeding
-from hvrt_dask.hvrt import _input, _targets, _tree
+from hvrt_dask.hvrt import _columns, _input, _targets, _tree
+from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt.partitioned import PartitionedData, partition
+
+
+def _resolve_seed(random_state: Any, draw: bool = True) -> int:
+    """The integer seed of every random stream of a fit (scikit-learn ``random_state`` forms).
+
+    ``int`` → itself (must be in [0, 2**63)); ``None`` → a fresh 63-bit seed from OS entropy;
+    ``numpy.random.RandomState`` → ``random_state.randint(0, 2**63 - 1)``;
+    ``numpy.random.Generator`` → ``random_state.integers(0, 2**63 - 1)`` — one draw per
+    ``fit``, so refitting with the same instance gives a new (reproducible) seed.
+    """
+    rs = random_state
+    if rs is None:
+        return _seeding.fresh_seed() if draw else 0
+    if isinstance(rs, (int, np.integer)) and not isinstance(rs, (bool, np.bool_)):
+        if not 0 <= int(rs) < 2**63:
+            raise ValueError(f"random_state must be in [0, 2**63), got {int(rs)}")
+        return int(rs)
+    if isinstance(rs, np.random.RandomState):
+        return int(rs.randint(0, 2**63 - 1, dtype=np.int64)) if draw else 0
+    if isinstance(rs, np.random.Generator):
+        return int(rs.integers(0, 2**63 - 1)) if draw else 0
+    raise ValueError(
+        f"random_state must be an int, None, numpy.random.RandomState or numpy.random.Generator, got {rs!r}"
+    )
+
+
+_TRAINING_INDEX = object()  # _to_output's default: the rows are the training rows
 
 
 def _col_names(spec: _input.InputSpec, idx) -> list[str]:
@@ -73,8 +102,12 @@ class _HVRTBase(BaseEstimator):
         Use the expansion-mode auto-tune formulas.
     bandwidth : float or {"auto", "scott", "silverman"}, default "auto"
         Default bandwidth of ``expand`` (see :func:`hvrt_dask.hvrt.expand.resolve_strategy`).
-    random_state : int or None, default 42
-        Seed of every random stream; None draws a fresh seed at ``fit``.
+    random_state : int, None, numpy.random.RandomState or numpy.random.Generator, default 42
+        Seed of every random stream (the integer ``random_state_``): an int is used as is;
+        None draws a fresh 63-bit seed from OS entropy at each ``fit``; a ``RandomState`` /
+        ``Generator`` gives one ``randint``/``integers(0, 2**63 - 1)`` draw per ``fit``.
+        Every draw then comes from ``SeedSequence(random_state_, spawn_key=(stage, call,
+        partition))``.
     tree_splitter : {"best", "random"}, default "best"
     """
 
@@ -106,6 +139,19 @@ class _HVRTBase(BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def _check_params(self) -> None:
+        """Validate every constructor parameter (called first thing in ``fit``)."""
+        if not isinstance(self.auto_tune, (bool, np.bool_)):
+            raise ValueError(f"auto_tune must be True or False, got {self.auto_tune!r}")
+        if not (isinstance(self.bandwidth, str) and self.bandwidth == "auto"):
+            from hvrt_dask.hvrt.expand import check_bandwidth
+
+            check_bandwidth(self.bandwidth)
+        ms = self.min_samples_per_partition
+        if isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms < 0:
+            raise ValueError(f"min_samples_per_partition must be an integer >= 0, got {ms!r}")
+        if isinstance(self.y_weight, bool) or not isinstance(self.y_weight, (int, float, np.integer, np.floating)):
+            raise ValueError(f"y_weight must be a number in [0, 1], got {self.y_weight!r}")
+        _resolve_seed(self.random_state, draw=False)
         if self.tree_splitter not in ("best", "random"):
             raise ValueError(f"tree_splitter must be 'best' or 'random', got {self.tree_splitter!r}")
         if self.y_weight_mode not in _targets.Y_WEIGHT_MODES:
@@ -117,7 +163,7 @@ class _HVRTBase(BaseEstimator):
         if not 0.0 <= float(self.y_weight) <= 1.0:
             raise ValueError(f"y_weight must be in [0, 1], got {self.y_weight!r}")
 
-    def fit(self, X: Any, y: Any = None, feature_types: Sequence[str] | None = None):
+    def fit(self, X: Any, y: Any = None, feature_types: Sequence[str] | str | None = "auto"):
         """Fit the partition tree and group the rows into partition-aligned chunks.
 
         Parameters
@@ -127,8 +173,12 @@ class _HVRTBase(BaseEstimator):
             xarray DataArray, shape (n, d).
         y : array-like, optional
             Shapes the partitions only (``y_weight > 0``); never generated.
-        feature_types : list of {"continuous", "categorical"}, optional
-            One entry per column (all continuous by default).
+        feature_types : "auto" or list of str, default "auto"
+            One entry per column: ``"auto"``, ``"continuous"``, ``"integer"``,
+            ``"discrete"``, ``"categorical"`` or ``"constant"`` (see
+            :mod:`hvrt_dask.hvrt._columns`). ``"auto"``: pandas category/bool/string/object →
+            categorical; numeric with at most ``hvrt.types.max-discrete`` distinct values →
+            discrete; integer dtypes and all-integral floats → integer; one value → constant.
 
         Returns
         -------
@@ -139,18 +189,29 @@ class _HVRTBase(BaseEstimator):
         values, spec = _input.coerce_input(X, feature_types)
         n, d = (int(s) for s in values.shape)
         if d < 2:
-            raise ValueError(f"X has {d} column(s); HVRT needs at least 2 features")
-        seed = int(self.random_state) if self.random_state is not None else _seeding.fresh_seed()
-        lazy = isinstance(values, da.Array)
+            raise ValueError(f"X has {d} feature(s) (shape={(n, d)}) while a minimum of 2 is required by HVRT")
         s_size = _tree.default_sample_size()
-        # One pass: finiteness, range, moments, and the tree sample (all rows when n <= s).
+        # Checks that depend only on (n, d) come before any pass over the data.
+        params = _tree.resolve_tree_params(
+            n, d, self.n_partitions, self.min_samples_leaf, self.max_depth, self.auto_tune, s_size
+        )
+        if n < 2 * params.min_samples_leaf:
+            raise ValueError(
+                f"X has {n} rows (n_samples = {n}); growing a partition tree needs at least "
+                f"2 * min_samples_leaf = {2 * params.min_samples_leaf}"
+            )
+        seed = _resolve_seed(self.random_state)
+        y_arr = self._check_y(y, n)
+        lazy = isinstance(values, da.Array)
+        # One pass: finiteness, range, moments, integrality, and the tree sample (all rows
+        # when n <= s).
         sample_idx = _tree.sample_rows(n, s_size, seed) if n > s_size else None
         if lazy:
             finite = da.isfinite(values).all(axis=0)
             Xs_lazy = values if sample_idx is None else values[sample_idx]
-            finite, lo, hi, mean, std, Xs = dask.compute(
+            finite, lo, hi, mean, std, integral, Xs = dask.compute(
                 finite, values.min(axis=0), values.max(axis=0), values.mean(axis=0),
-                values.std(axis=0), Xs_lazy,
+                values.std(axis=0), (values == da.round(values)).all(axis=0), Xs_lazy,
             )
             if not finite.all():
                 raise ValueError(f"X contains NaN or infinite values in column(s) {', '.join(_col_names(spec, np.flatnonzero(~finite)))}")
@@ -159,14 +220,22 @@ class _HVRTBase(BaseEstimator):
             if not finite.all():
                 raise ValueError(f"X contains NaN or infinite values in column(s) {', '.join(_col_names(spec, np.flatnonzero(~finite)))}")
             lo, hi = values.min(axis=0), values.max(axis=0)
-            mean, std = values.mean(axis=0), values.std(axis=0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean, std = values.mean(axis=0), values.std(axis=0)
             Xs = values if sample_idx is None else values[sample_idx]
-        const = np.flatnonzero(hi == lo)
-        if len(const):
-            raise ValueError(f"column(s) {', '.join(_col_names(spec, const))} are constant; drop them before fitting")
+            integral = _columns.integral_columns(values, Xs)
 
-        cat = np.flatnonzero([t == "categorical" for t in spec.feature_types])
-        cont = np.flatnonzero([t == "continuous" for t in spec.feature_types])
+        def unique_of(cols: list[int]) -> list[np.ndarray]:
+            if lazy:
+                return list(dask.compute(*[da.unique(values[:, j]) for j in cols]))
+            return [np.unique(values[:, j]) for j in cols]
+
+        types = _columns.resolve(spec.feature_types, Xs, lo, hi, integral, spec.integer_mask, unique_of)
+        spec.feature_types = list(types.kinds)
+        if len(types.constant) == d:
+            raise ValueError(f"every column of X is constant ({', '.join(_col_names(spec, range(d)))}); nothing to model")
+        cat = types.categorical
+        cont = types.generated
         # Label-encode categoricals: codes in lexicographic order of the string form.
         cat_lookup = []
         for j in cat:
@@ -180,11 +249,11 @@ class _HVRTBase(BaseEstimator):
             rank[np.argsort(strs, kind="stable")] = np.arange(len(vals))
             cat_lookup.append((vals, rank))
 
-        y_arr = self._check_y(y, n)
         y_s = None if y_arr is None else (y_arr if sample_idx is None else y_arr[sample_idx])
         # Scalers: exact over all rows for the standard family; robust ones on the sample
         # (exact whenever the sample is the whole data).
-        pre = _Transform(cont, cat, np.zeros(d), np.ones(d), cat_lookup)
+        dz = len(cont) + len(cat)
+        pre = _Transform(cont, cat, np.zeros(dz), np.ones(dz), cat_lookup)
         raw_z = pre(Xs)  # [cont | cat codes], unscaled
         if spec_t.robust:
             center, scale = _targets.location_scale(raw_z, robust=True)
@@ -193,17 +262,11 @@ class _HVRTBase(BaseEstimator):
             if sample_idx is not None and len(cont):  # exact moments for continuous columns
                 center[: len(cont)], scale[: len(cont)] = mean[cont], np.where(std[cont] > 0, std[cont], 1.0)
         transform = _Transform(cont, cat, center, scale, cat_lookup)
+        _columns.check_z_finite(spec.columns, np.concatenate([cont, cat]), center, scale,
+                                pre(np.stack([lo, hi])))
         Zs = (raw_z - center) / scale
         t = _targets.compute_target(Zs, self._target, y_s, self.y_weight, self.y_weight_mode)
 
-        params = _tree.resolve_tree_params(
-            n, d, self.n_partitions, self.min_samples_leaf, self.max_depth, self.auto_tune, s_size
-        )
-        if n < 2 * params.min_samples_leaf:
-            raise ValueError(
-                f"X has {n} rows; growing a partition tree needs at least "
-                f"2 * min_samples_leaf = {2 * params.min_samples_leaf}"
-            )
         tree = _tree.fit_tree(Zs, t, params, spec_t.criterion, self.tree_splitter, seed)
 
         # Leaf of every row, counts, mean |z| and the grouping: on the workers for dask input
@@ -216,10 +279,15 @@ class _HVRTBase(BaseEstimator):
         # ---- fitted state
         self.random_state_ = seed
         self.input_spec_ = spec
-        self.feature_names_in_ = np.asarray(spec.columns, dtype=object)
+        if spec.has_names and spec.kind in ("pandas", "dask_dataframe"):
+            self.feature_names_in_ = np.asarray(spec.columns, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         self.n_features_in_ = d
-        self.continuous_mask_ = np.array([t == "continuous" for t in spec.feature_types])
-        self.categorical_mask_ = ~self.continuous_mask_
+        self.column_types_ = types
+        self.continuous_mask_ = types.mask(*_columns.GENERATED)
+        self.categorical_mask_ = types.mask("categorical")
+        self.constant_mask_ = types.mask("constant")
         self.tree_ = tree
         self.tree_params_ = params
         self.tree_sample_size_ = int(params.sample_size)
@@ -269,10 +337,24 @@ class _HVRTBase(BaseEstimator):
         self._check_fitted()
         return self.grouped_.contexts(kind, strategy, params, columns).array
 
-    def _to_output(self, arr: Any, columns: Any = None, output: str | os.PathLike | None = None) -> Any:
-        """Convert a result in original units to the input's kind (or write it to Zarr)."""
+    def _to_output(self, arr: Any, columns: Any = None, output: str | os.PathLike | None = None,
+                   kind: str = "hvrt.expand", provenance: Mapping[str, Any] | None = None,
+                   rows: Any = None, index: Any = _TRAINING_INDEX) -> Any:
+        """A result in original units as the input's kind, or written to ``output``.
+
+        With ``output``, the result is written as a complete, self-describing Zarr group or
+        Parquet dataset (:mod:`hvrt_dask.hvrt.output`) and its resolved path is returned
+        (read it with :func:`hvrt_dask.hvrt.read_output`); nothing is read back. ``index``:
+        the row labels ``rows`` refer to (default: the training input's; None for none).
+        """
         self._check_fitted()
-        return _input.to_output(arr, self.input_spec_, output)
+        if output is None:
+            return _input.to_output(arr, self.input_spec_)
+        spec = self.input_spec_ if index is _TRAINING_INDEX else dataclasses.replace(self.input_spec_, index=index)
+        prov = {"estimator": type(self).__name__, "seed": int(self.random_state_),
+                "model_params": {k: v for k, v in self.get_params().items() if k != "random_state"},
+                **(provenance or {})}
+        return _output.write(arr, spec, output, kind, prov, rows=rows)
 
     def apply_raw(self, X: Any) -> np.ndarray:
         """Partition (leaf) id of every row of external data ``X`` (numpy int64)."""
@@ -297,7 +379,7 @@ class _HVRTBase(BaseEstimator):
         bandwidth: float | str | None = None,
         variance_weighted: bool | str = False,
         adaptive_bandwidth: bool = False,
-        clip: bool = False,
+        clip: bool = True,
         X: Any = None,
         output: str | os.PathLike | None = None,
         strategy_params: Mapping[str, Any] | None = None,

@@ -1,7 +1,9 @@
 """Fidelity, privacy and utility metrics for synthetic tabular data.
 
 Every function takes the real and the synthetic data as numpy arrays, pandas DataFrames,
-dask arrays or dask DataFrames (mixed freely). Inputs longer than ``sample_size`` rows
+dask arrays or dask DataFrames (mixed freely). Label columns of DataFrames (pandas
+``category``, ``string``, ``object``) are encoded as codes over the sorted union of both
+sides' labels, so the estimator's own mixed-type output can be scored as it is. Inputs longer than ``sample_size`` rows
 (default: the ``hvrt.metrics.sample-size`` config value) are replaced by a seeded,
 uniform sample of that many rows *without replacement*, drawn from
 :func:`hvrt_dask._seeding.generator` by global row position. The same rows are therefore
@@ -94,6 +96,60 @@ def _check_numeric(obj: Any, role: str) -> None:
             raise TypeError(f"{role} column {col!r} has non-numeric dtype {dt}; encode it first")
 
 
+def _label_columns(obj: Any) -> list[Any]:
+    """Columns of a (dask) DataFrame that hold labels: category, string, object (not bool)."""
+    dtypes = getattr(obj, "dtypes", None)
+    if dtypes is None or not hasattr(dtypes, "items"):
+        return []
+    return [c for c, dt in dtypes.items()
+            if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
+            or isinstance(dt, pd.CategoricalDtype)]
+
+
+def _labels_of(obj: Any, col: Any) -> np.ndarray:
+    u = obj[col].astype(str).unique()
+    return np.asarray(u.compute() if _is_dask(u) else u, dtype=str)
+
+
+def _codes(s: Any, labels: np.ndarray) -> Any:
+    return pd.Series(np.searchsorted(labels, s.astype(str).to_numpy()).astype(np.float64), index=s.index)
+
+
+def _encode_labels(real: Any, synth: Any) -> tuple[Any, Any]:
+    """Label columns of either frame → float codes over the sorted union of both sides' labels.
+
+    Lets every metric take the estimator's own mixed-type output (pandas ``category``,
+    ``string``, ``object``) next to the real frame. Codes follow the string form of the
+    labels; only the frames' label columns are read for this (``unique`` per column).
+    """
+    lr, ls = _label_columns(real), _label_columns(synth)
+    cols = list(dict.fromkeys(lr + ls))
+    if not cols:
+        return real, synth
+    for c in cols:
+        if (c in lr) != (c in ls) and c in getattr(real, "columns", ()) and c in getattr(synth, "columns", ()):
+            side, other = ("real", "synth") if c in lr else ("synth", "real")
+            raise TypeError(f"column {c!r} holds labels in {side} but numbers in {other}; give both the same dtype")
+    out = []
+    for obj in (real, synth):
+        if getattr(obj, "columns", None) is None:
+            raise TypeError("real and synth must both be DataFrames when either has label columns")
+        out.append(obj)
+    for c in cols:
+        present = [o for o in out if c in o.columns]
+        labels = np.unique(np.concatenate([_labels_of(o, c) for o in present]))
+        for k, o in enumerate(out):
+            if c not in o.columns:
+                continue
+            if _is_dask(o):
+                out[k] = o.assign(**{str(c): o[c].map_partitions(_codes, labels, meta=(c, "f8"))})
+            else:
+                o = o.copy()
+                o[c] = _codes(o[c], labels)
+                out[k] = o
+    return out[0], out[1]
+
+
 def _sample_rows(seed: int, n: int, m: int, *key: str) -> np.ndarray:
     """Sorted positions of ``m`` of ``n`` rows, uniform without replacement, keyed by ``key``."""
     return np.sort(generator(seed, "metrics", *key).choice(n, m, replace=False))
@@ -154,6 +210,7 @@ def _prepare(
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None, int]:
     seed = _resolve_seed(random_state)
     n_max = _resolve_sample_size(sample_size)
+    real, synth = _encode_labels(real, synth)
     R, rcols = _to_sample(real, "real", n_max, seed)
     S, scols = _to_sample(synth, "synth", n_max, seed)
     if rcols is not None and scols is not None and rcols != scols:

@@ -26,9 +26,11 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 
 from hvrt_dask import config
 from hvrt_dask._seeding import generator
+from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt._budgets import reduce_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt.partitioned import external
@@ -161,7 +163,10 @@ def reduce(
         External data with the training columns: it is partitioned by the fitted tree and
         reduced instead of the training rows (contexts are not cached).
     output : str or path, optional
-        Write the selected rows to a new Zarr array at this path and return it.
+        Write the selected rows to this new path (Zarr group, or Parquet for
+        ``*.parquet``; :mod:`hvrt_dask.hvrt.output`) with their original row numbers
+        (``source_row``) and the input DataFrame's index labels, and return the written
+        path (read it with :func:`hvrt_dask.hvrt.read_output`).
     min_samples_per_partition : int, optional
         Budget floor per partition (default: the estimator's parameter).
     params : mapping, optional
@@ -170,7 +175,9 @@ def reduce(
     Returns
     -------
     X_reduced : same kind as the input
-        Selected rows, grouped by partition (sorted partition id) — raw original units.
+        Selected rows, grouped by partition (sorted partition id) — raw original units;
+        a pandas result keeps the input's index labels of the selected rows. The written
+        path (str) when ``output`` is given.
     indices : ndarray or dask array of int64
         Only with ``return_indices=True``.
     """
@@ -198,8 +205,7 @@ def reduce(
     if isinstance(floor, bool) or not isinstance(floor, numbers.Integral) or floor < 0:
         raise ValueError(f"min_samples_per_partition must be an integer >= 0, got {floor!r}")
     params = dict(params or {})
-    if output is not None and os.path.exists(os.fspath(output)):
-        raise ValueError(f"output path {os.fspath(output)!r} already exists")
+    _output.check_target(output, "hvrt.reduce")
     grouped = model.grouped_ if X is None else external(model, X)
     sizes, mabsz = grouped.sizes, grouped.mean_abs_z
     total = _check_total(n, ratio, int(sizes.sum()))
@@ -251,7 +257,23 @@ def reduce(
             dtype=np.int64, align_arrays=False, adjust_chunks={"i": bchunks},
             meta=np.empty((0,), dtype=np.int64),
         )
-    out = model._to_output(Xs, output=output)
+    prov = {"stage": "reduce", "n": total, "call": call, "method": strategy.name, "params": params,
+            "variance_weighted": variance_weighted, "min_samples_per_partition": int(floor),
+            "external_X": X is not None}
+    # The labels the selected row numbers refer to: the training input's, or external X's.
+    index = model.input_spec_.index if X is None else (X.index if isinstance(X, pd.DataFrame) else None)
+    out = _reduce_output(model, Xs, output, rows, prov, index)
     if return_indices:
         return out, rows
+    return out
+
+
+def _reduce_output(model: Any, arr: Any, output: Any, rows: Any, provenance: Mapping[str, Any], index: Any) -> Any:
+    """The selected rows as the input's kind (a DataFrame keeps the labels in ``index``), or written."""
+    if output is not None:
+        return model._to_output(arr, output=output, kind="hvrt.reduce", provenance=provenance, rows=rows,
+                                index=index)
+    out = model._to_output(arr)
+    if isinstance(out, pd.DataFrame) and index is not None and not isinstance(rows, da.Array):
+        out.index = index[np.asarray(rows, dtype=np.int64)]
     return out

@@ -38,22 +38,19 @@ def test_non_finite_dask(X, sync_scheduler):
         HVRT().fit(da.from_array(Xb, chunks=100))
 
 
-def test_constant_column(X):
-    Xb = X.copy()
-    Xb[:, 0] = 3.0
-    with pytest.raises(ValueError, match="'x0'.*constant"):
-        HVRT().fit(Xb)
-    df = pd.DataFrame(Xb, columns=["a", "b", "c"])
-    with pytest.raises(ValueError, match="'a'.*constant"):
-        HVRT().fit(df)
+def test_all_constant_columns(X):
+    """Constant columns pass through (tests/hvrt/test_columns.py); all-constant data is refused."""
+    with pytest.raises(ValueError, match="every column of X is constant"):
+        HVRT().fit(np.full((400, 3), 2.5))
 
 
-def test_non_numeric_without_feature_types(X):
+def test_non_numeric_explicitly_continuous(X):
     df = pd.DataFrame(X, columns=["a", "b", "c"])
     df["city"] = np.where(X[:, 0] > 0, "Oslo", "Rome")
     with pytest.raises(TypeError, match="'city'.*non-numeric"):
-        HVRT().fit(df)
-    # with feature_types it works and comes back as strings
+        HVRT().fit(df, feature_types=["continuous"] * 4)
+    # auto (the default) and explicit 'categorical' both work and come back as strings
+    assert set(HVRT().fit(df).expand(50)["city"]) <= {"Oslo", "Rome"}
     m = HVRT().fit(df, feature_types=["continuous"] * 3 + ["categorical"])
     out = m.expand(50)
     assert set(out["city"]) <= {"Oslo", "Rome"}
@@ -68,7 +65,7 @@ def test_too_few_rows():
 
 
 def test_single_column():
-    with pytest.raises(ValueError, match="1 column.*at least 2 features"):
+    with pytest.raises(ValueError, match=r"1 feature\(s\).*minimum of 2"):
         HVRT().fit(np.random.default_rng(2).standard_normal((200, 1)))
 
 
@@ -141,3 +138,61 @@ def test_not_fitted():
 
     with pytest.raises(NotFittedError):
         HVRT().expand(5)
+
+
+# ---- sizes, shapes and labels refused before any work ------------------------------------
+def test_expand_overflowing_n_refused_before_work(model, tmp_path, monkeypatch):
+    from hvrt_dask.hvrt import expand as E
+
+    monkeypatch.setattr(E, "expand_budgets", lambda *a, **k: pytest.fail("budgets computed"))
+    out = tmp_path / "never.zarr"
+    with pytest.raises(ValueError, match="too large"):
+        model.expand(2**63, output=str(out))
+    assert not out.exists()
+    with pytest.raises(ValueError, match="GiB in memory.*output="):
+        model.expand(2**45)  # ~0.8 PiB as float64: refused without output=
+    with pytest.raises(ValueError, match="GiB in memory"):
+        model.augment(2**45)
+
+
+def test_wide_short_fit_checked_before_any_pass(monkeypatch):
+    """50 rows × 5000 columns: the (n, d) rule is checked before the data are read."""
+    from hvrt_dask.hvrt import _columns
+
+    def boom(*a, **k):
+        pytest.fail("the data were scanned before the (n, d) check")
+
+    monkeypatch.setattr(_columns, "resolve", boom)
+    monkeypatch.setattr(_columns, "integral_columns", boom)
+    X = np.random.default_rng(0).standard_normal((50, 5000))
+    with pytest.raises(ValueError, match="X has 50 rows.*min_samples_leaf = 10004"):
+        HVRT().fit(X)
+
+
+def test_duplicate_and_colliding_column_names():
+    X = np.random.default_rng(0).standard_normal((300, 4))
+    with pytest.raises(ValueError, match="duplicate column name: 'a'"):
+        HVRT().fit(pd.DataFrame(X, columns=["a", "b", "a", "c"]))
+    with pytest.raises(ValueError, match="collide as strings: 1 and '1'"):
+        HVRT().fit(pd.DataFrame(X, columns=[1, "1", 2, 3]))
+
+
+@pytest.mark.parametrize("X", [np.empty((0, 3)), pd.DataFrame({"a": [], "b": []}, dtype=float)])
+def test_zero_rows(X):
+    with pytest.raises(ValueError, match="0 rows"):
+        HVRT().fit(X)
+
+
+def test_complex_input_refused():
+    X = np.random.default_rng(0).standard_normal((300, 3)) + 1j
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        HVRT().fit(X)
+    with pytest.raises(ValueError, match="Complex data not supported: column 'b'"):
+        HVRT().fit(pd.DataFrame({"a": X[:, 0].real, "b": X[:, 1], "c": X[:, 2].real}))
+
+
+def test_z_space_overflow_refused():
+    X = np.random.default_rng(0).standard_normal((400, 3))
+    X[:, 1] *= 1e307  # finite, but its variance overflows
+    with pytest.raises(ValueError, match="'x1'.*overflow"):
+        HVRT().fit(X)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hvrt_dask.hvrt import read_output
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt.estimator import HVRT, FastHVRT
 from hvrt_dask.hvrt.expand import resolve_strategy
@@ -151,7 +152,7 @@ def test_contexts_cached_in_memory(tmp_path):
     assert _count(s.path) == m.grouped_.n_chunks > 1
     m.expand(100, generation_strategy=s)
     assert _count(s.path) == m.grouped_.n_chunks  # second call skipped prepare
-    m.expand(100, generation_strategy=s, strategy_params={"k": 1})  # new params: new contexts
+    m.expand(100, generation_strategy=s, strategy_params={"bandwidth_scale": 1.0})  # new params: new contexts
     assert _count(s.path) == 2 * m.grouped_.n_chunks
     before = _count(s.path)
     m.fit(X)  # fit resets the cache
@@ -220,11 +221,11 @@ def test_categoricals_sampled_jointly_and_dtypes_restored():
 def test_clip_to_observed_range():
     X = np.random.default_rng(8).standard_normal((1500, 3))
     m = HVRT().fit(X)
-    raw = m.expand(20000, generation_strategy="epanechnikov")
+    raw = m.expand(20000, generation_strategy="epanechnikov", clip=False)
     lo, hi = X.min(0), X.max(0)
     assert ((raw < lo) | (raw > hi)).any()  # the kernel does leave the range...
-    clipped = m.expand(20000, generation_strategy="epanechnikov", clip=True)
-    assert ((clipped >= lo) & (clipped <= hi)).all()  # ...unless clipped
+    clipped = m.expand(20000, generation_strategy="epanechnikov")
+    assert ((clipped >= lo) & (clipped <= hi)).all()  # ...unless clipped (the default)
 
 
 def test_output_rows_are_shuffled():
@@ -245,16 +246,14 @@ def test_integer_numpy_in_integer_out():
 
 def test_auto_strategy_rule():
     X = np.random.default_rng(11).standard_normal((3000, 4))
-    m = HVRT().fit(X)  # mean partition size ≈ 1.3·√n ≫ max(15, 2·d)
-    s, params = resolve_strategy(m)
-    if "gaussian_kde" in GENERATION_STRATEGIES:
-        assert s.name == "gaussian_kde" and params["bandwidth"] == 0.1
-        s, params = resolve_strategy(m, bandwidth="silverman")
-        assert s.name == "gaussian_kde" and params == {"bandwidth": "silverman", "adaptive": False}
-        s, params = resolve_strategy(m, adaptive_bandwidth=True)
-        assert params == {"bandwidth": "scott", "adaptive": True}
-    small = HVRT(min_samples_leaf=5, n_partitions=400).fit(X)  # tiny partitions
-    assert resolve_strategy(small)[0].name == "epanechnikov"
+    m = HVRT().fit(X)
+    s, params = resolve_strategy(m)  # the configured default, whatever the partition sizes
+    assert s.name == "epanechnikov" and params == {"bandwidth_scale": 1.75, "variance_preserving": True}
+    assert resolve_strategy(m, generation_strategy="auto") == (s, params)
+    s, params = resolve_strategy(m, bandwidth="silverman")
+    assert s.name == "gaussian_kde" and params == {"bandwidth": "silverman", "adaptive": False}
+    s, params = resolve_strategy(m, adaptive_bandwidth=True)
+    assert params == {"bandwidth": "scott", "adaptive": True}
     assert resolve_strategy(m, generation_strategy="bootstrap_noise")[0].name == "bootstrap_noise"
 
 
@@ -285,8 +284,8 @@ def test_zarr_input_on_cluster(client, tmp_path):
         assert res.dtype == np.float32 and np.isfinite(res).all()
         m2 = HVRT(random_state=5).fit(path)
         written = m2.expand(9000, generation_strategy="epanechnikov", output=str(tmp_path / "out.zarr"))
-    assert isinstance(written, zarr.Array)
-    np.testing.assert_array_equal(written[:], res)
+    assert written == os.path.realpath(tmp_path / "out.zarr")  # a self-describing group
+    np.testing.assert_array_equal(read_output(written).to_numpy(), res)
     # fidelity sanity: means and stds preserved
     np.testing.assert_allclose(res.mean(0), X.mean(0), atol=0.1 * X.std(0).max())
     np.testing.assert_allclose(res.std(0), X.std(0), rtol=0.1)

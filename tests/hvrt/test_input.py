@@ -39,10 +39,11 @@ def test_pandas_roundtrip_restores_names_dtypes_and_string_categories():
     assert out["c"].tolist() == df["c"].tolist()
 
 
-def test_non_numeric_without_feature_types_raises_naming_column():
+def test_non_numeric_marked_continuous_raises_naming_column():
     df = pd.DataFrame({"a": [1.0, 2.0], "name": ["p", "q"]})
     with pytest.raises(TypeError, match="'name'"):
-        _input.coerce_input(df)
+        _input.coerce_input(df, ["continuous", "continuous"])
+    assert _input.coerce_input(df)[1].feature_types == ["auto", "categorical"]
 
 
 def test_feature_types_wrong_length():
@@ -80,9 +81,9 @@ def test_zarr_array_and_path(tmp_path):
         values, spec = _input.coerce_input(src)
         assert spec.kind == "zarr" and isinstance(values, da.Array)
         np.testing.assert_array_equal(values.compute(), X.astype(np.float64))
-    out = _input.to_output(values, spec, output=str(tmp_path / "out.zarr"))
-    assert isinstance(out, zarr.Array) and out.dtype == np.float32
-    np.testing.assert_array_equal(out[:], X)
+    out = _input.to_output(values, spec)
+    assert isinstance(out, da.Array) and out.dtype == np.float32
+    np.testing.assert_array_equal(out.compute(), X)
 
 
 def test_missing_zarr_path():

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import zarr
 
+from hvrt_dask.hvrt import read_output
 from hvrt_dask.hvrt.estimator import HVRT
 
 
@@ -126,9 +127,10 @@ def test_zarr_path_output(X, tmp_path, sync_scheduler):
     m = HVRT(random_state=0).fit(str(src))
     dst = tmp_path / "out.zarr"
     out, idx = m.reduce(n=150, method="fps", output=dst, return_indices=True)
-    got = zarr.open_array(str(dst), mode="r")[:]
+    back = read_output(dst)
     i = np.asarray(idx.compute() if hasattr(idx, "compute") else idx)
-    np.testing.assert_array_equal(got, X[i])
+    np.testing.assert_array_equal(back.to_numpy(), X[i])
+    np.testing.assert_array_equal(back.index.to_numpy(), i)  # source_row: the original row numbers
     with pytest.raises(ValueError, match="already exists"):
         m.reduce(n=150, output=dst)
 

@@ -88,7 +88,7 @@ def test_worker_killed_mid_hvrt_stage(stage, tmp_path, own_cluster):
         ref = _run(stage, raw, tmp_path, client, "undisturbed")
         got = _with_killed_worker(lc, client, 4, lambda: _run(stage, raw, tmp_path, client, "killed"))
     assert_same_arrays(read_arrays(ref["out"]), read_arrays(got["out"]))
-    assert read_arrays(got["out"])[""].shape[0] == raw["n"]
+    assert read_arrays(got["out"])["data"].shape[0] == raw["n"]  # the Zarr group's 2-D variable
 
 
 def test_worker_killed_mid_extraction(tmp_path, own_cluster):
@@ -193,7 +193,7 @@ def test_memory_limit_smaller_than_dataset_spills(tmp_path):
             v for (label, unit), v in dask_worker.data.cumulative_metrics.items()
             if label == "disk-write" and unit == "bytes"))
     assert sum(spilled.values()) > X.nbytes / 4, f"too little spilling: {spilled}"
-    R = read_arrays(got["out"])[""]
+    R = read_arrays(got["out"])["data"]  # the Zarr group's 2-D variable
     assert R.shape == (2000, 16)
     # every selected row is a distinct row of the data (an independent check of the output)
     rows = {r.tobytes() for r in X}

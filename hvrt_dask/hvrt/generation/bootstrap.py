@@ -35,4 +35,4 @@ class BootstrapNoiseStrategy:
         return context.sample(budgets, rngs, _gauss)
 
 
-bootstrap_noise = GENERATION_STRATEGIES.register(BootstrapNoiseStrategy(), "bootstrap", overwrite=True)
+bootstrap_noise = GENERATION_STRATEGIES.register(BootstrapNoiseStrategy(), "bootstrap")

@@ -40,6 +40,9 @@ class KernelContext:
     Z: np.ndarray  # continuous z-columns of the chunk (by reference)
     parts: ChunkPartitions
     scale: np.ndarray  # (P, d): bandwidth × per-feature std
+    # Variance-preserving shrinkage (optional): rows become mean + shrink ⊙ (row − mean).
+    mean: np.ndarray | None = None  # (P, d)
+    shrink: np.ndarray | None = None  # (P, d)
 
     def sample(self, budgets: np.ndarray, rngs: Sequence[np.random.Generator], unit) -> tuple[np.ndarray, np.ndarray]:
         """Resampled rows plus ``scale ⊙ unit(rng, (b, d))`` noise, per partition."""
@@ -50,7 +53,21 @@ class KernelContext:
             eps *= self.scale[i]
             return eps
 
-        return C.kernel_sample(self.Z, self.parts.starts, self.parts.sizes, budgets, rngs, noise)
+        Z, base = C.kernel_sample(self.Z, self.parts.starts, self.parts.sizes, budgets, rngs, noise)
+        if self.shrink is not None:
+            lab = np.repeat(np.arange(len(budgets)), np.asarray(budgets, dtype=np.int64))
+            mu = self.mean[lab]
+            Z -= mu
+            Z *= self.shrink[lab]
+            Z += mu
+        return Z, base
+
+
+def _scale(params: Mapping[str, Any]) -> float:
+    s = params.get("bandwidth_scale", 1.0)
+    if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) or not np.isfinite(s) or s <= 0:
+        raise ValueError(f"bandwidth_scale must be a positive number, got {s!r}")
+    return float(s)
 
 
 class EpanechnikovStrategy:
@@ -59,11 +76,21 @@ class EpanechnikovStrategy:
     name = "epanechnikov"
 
     def prepare(self, Xz: np.ndarray, parts: ChunkPartitions, params: Mapping[str, Any]) -> KernelContext:
-        h = C.scott_factor(np.maximum(parts.sizes, 1), Xz.shape[1])
-        return KernelContext(Xz, parts, h[:, None] * kernel_stds(Xz, parts))
+        C.reject_unknown_params(self.name, params, {"bandwidth_scale", "variance_preserving"})
+        h = C.scott_factor(np.maximum(parts.sizes, 1), Xz.shape[1]) * _scale(params)
+        stds = kernel_stds(Xz, parts)
+        scale = h[:, None] * stds
+        if not params.get("variance_preserving", False):
+            return KernelContext(Xz, parts, scale)
+        # Smoothed bootstrap with shrinkage: the kernel adds variance (scale²/5 per feature,
+        # the Epanechnikov unit has variance 1/5); shrinking towards the partition mean by
+        # sqrt(σ² / (σ² + scale²/5)) gives back each partition's own variance.
+        raw = C.partition_stds(Xz, parts)
+        shrink = np.sqrt(raw**2 / np.maximum(raw**2 + scale**2 / 5.0, 1e-300))
+        return KernelContext(Xz, parts, scale, C.partition_means(Xz, parts), np.where(raw > 0, shrink, 1.0))
 
     def generate(self, context, budgets, rngs):
         return context.sample(budgets, rngs, C.epanechnikov_unit)
 
 
-epanechnikov = GENERATION_STRATEGIES.register(EpanechnikovStrategy(), overwrite=True)
+epanechnikov = GENERATION_STRATEGIES.register(EpanechnikovStrategy())

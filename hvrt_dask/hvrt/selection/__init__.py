@@ -1,8 +1,8 @@
 """Selection strategies for ``HVRT.reduce`` and their registry.
 
 Built in: ``stratified``, ``centroid_fps`` (alias ``fps``), ``medoid_fps``,
-``variance_ordered``. Register your own object implementing
-:class:`~hvrt_dask.hvrt.selection.base.SelectionStrategy` with
+``variance_ordered``; each module registers its strategy when imported. Register your own
+object implementing :class:`~hvrt_dask.hvrt.selection.base.SelectionStrategy` the same way:
 ``SELECTION_STRATEGIES.register(obj, "alias")``.
 """
 
@@ -26,15 +26,6 @@ from hvrt_dask.hvrt.selection.variance_ordered import (
     VarianceOrderedStrategy,
     variance_ordered,
 )
-
-for _s, _aliases in (
-    (stratified, ()),
-    (centroid_fps, ("fps",)),
-    (medoid_fps, ()),
-    (variance_ordered, ()),
-):
-    if _s.name not in SELECTION_STRATEGIES:
-        SELECTION_STRATEGIES.register(_s, *_aliases)
 
 __all__ = [
     "SELECTION_STRATEGIES",

@@ -35,6 +35,7 @@ import numpy as np
 from scipy.spatial.distance import cdist
 
 from hvrt_dask.hvrt._chunks import ChunkPartitions
+from hvrt_dask.hvrt.selection.base import SELECTION_STRATEGIES
 
 #: Largest partition whose medoid is computed exactly (reference value).
 EXACT_MEDOID_MAX = 200
@@ -226,5 +227,5 @@ class MedoidFPSStrategy(_FPSBase):
         return medoid_seed(Xp, int(params.get("exact_medoid_max", EXACT_MEDOID_MAX)))
 
 
-centroid_fps = CentroidFPSStrategy()
-medoid_fps = MedoidFPSStrategy()
+centroid_fps = SELECTION_STRATEGIES.register(CentroidFPSStrategy(), "fps")
+medoid_fps = SELECTION_STRATEGIES.register(MedoidFPSStrategy())

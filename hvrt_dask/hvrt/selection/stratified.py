@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hvrt_dask.hvrt._chunks import ChunkPartitions
+from hvrt_dask.hvrt.selection.base import SELECTION_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -51,4 +52,4 @@ class StratifiedStrategy:
         return order[rank < budgets[labels]].astype(np.int64, copy=False)
 
 
-stratified = StratifiedStrategy()
+stratified = SELECTION_STRATEGIES.register(StratifiedStrategy())

@@ -12,6 +12,7 @@ from sklearn.neighbors import NearestNeighbors
 from hvrt_dask._threads import limit_threads
 
 from hvrt_dask.hvrt._chunks import ChunkPartitions
+from hvrt_dask.hvrt.selection.base import SELECTION_STRATEGIES
 
 #: Neighbours per row (the row itself included), capped at ``n_p - 1``.
 K_NEIGHBOURS = 10
@@ -94,4 +95,4 @@ class VarianceOrderedStrategy:
         return order[rank < budgets[labels]]
 
 
-variance_ordered = VarianceOrderedStrategy()
+variance_ordered = SELECTION_STRATEGIES.register(VarianceOrderedStrategy())

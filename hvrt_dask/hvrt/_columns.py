@@ -1,0 +1,329 @@
+"""Column kinds: detection at ``fit``, the z-space layout, and exact decoding of synthetic values.
+
+Every column gets one kind:
+
+``constant``
+    One distinct value. Kept out of the tree and z-space; every synthetic row repeats it.
+``categorical``
+    Unordered labels (pandas ``category``/``bool``/``string``/``object`` columns, or columns
+    marked so). Coded for the tree; a synthetic row takes the whole categorical tuple of its
+    base row, so labels round-trip exactly.
+``discrete``
+    Numeric with at most ``hvrt.types.max-discrete`` distinct values. Generated in z-space
+    like a continuous column, then snapped to the nearest *observed* value (any float,
+    negative or not), so only observed values come out.
+``integer``
+    Integer dtype, or a float column whose values are all integral. Generated continuously,
+    then rounded; integer dtypes are restored on output.
+``continuous``
+    Everything else.
+
+Ranges and atoms (by default): synthetic values of the generated kinds are clipped to the
+column's observed ``[min, max]``; and a value holding at least ``hvrt.types.atom-share`` of a
+``continuous``/``integer`` column (zeros of zero-inflated data, a cap) is an *atom*: a synthetic
+row whose base row holds an atom keeps it, the other rows are clipped to the range of the
+non-atom values. Budgets follow partition sizes, so the atom share of the output matches the
+real share up to sampling noise.
+
+Detection reads a bounded, strided head of the tree sample first and touches the full column
+only for candidates (few distinct values), so typing costs O(d · 2048) on continuous data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hvrt_dask import config
+
+KINDS = ("continuous", "integer", "discrete", "categorical", "constant")
+#: Kinds a generation strategy sees in its z-space block.
+GENERATED = ("continuous", "integer", "discrete")
+_HEAD_ROWS = 2048
+
+
+def check_feature_types(feature_types: Sequence[str] | str | None, d: int) -> list[str]:
+    """One entry per column: a kind of :data:`KINDS` or ``"auto"`` (``None``/``"auto"``: all auto).
+
+    Raises
+    ------
+    TypeError
+        A plain string other than ``"auto"``.
+    ValueError
+        Wrong length or unknown kind (naming the entry).
+    """
+    if feature_types is None or (isinstance(feature_types, str) and feature_types == "auto"):
+        return ["auto"] * d
+    if isinstance(feature_types, str):
+        raise TypeError(f"feature_types must be 'auto' or a list with one entry per column, got {feature_types!r}")
+    ft = list(feature_types)
+    if len(ft) != d:
+        raise ValueError(f"feature_types has {len(ft)} entries but X has {d} columns")
+    for j, t in enumerate(ft):
+        if t not in KINDS and t != "auto":
+            raise ValueError(f"feature_types[{j}] = {t!r}; expected 'auto' or one of {KINDS}")
+    return ft
+
+
+def max_discrete() -> int:
+    """``hvrt.types.max-discrete``: the most distinct values an auto-typed ``discrete`` column has."""
+    v = config.get("types.max-discrete", 16)
+    if isinstance(v, bool) or int(v) != v or int(v) < 2:
+        raise ValueError(f"hvrt.types.max-discrete must be an integer >= 2, got {v!r}")
+    return int(v)
+
+
+def atom_threshold() -> float | None:
+    """``hvrt.types.atom-share``: the share that makes a value an atom (None: no atoms)."""
+    v = config.get("types.atom-share", 0.05)
+    if v is None:
+        return None
+    v = float(v)
+    if not 0.0 < v <= 1.0:
+        raise ValueError(f"hvrt.types.atom-share must be in (0, 1] or null, got {v!r}")
+    return v
+
+
+def _head(col: np.ndarray) -> np.ndarray:
+    step = max(1, len(col) // _HEAD_ROWS)
+    return col[::step][:_HEAD_ROWS]
+
+
+@dataclass(frozen=True)
+class ColumnTypes:
+    """Resolved per-column kinds and what decoding needs (a few numbers per column).
+
+    Attributes
+    ----------
+    kinds : tuple of str
+        One of :data:`KINDS` per column.
+    lo, hi : ndarray
+        Observed per-column minimum and maximum (raw codes for coded categoricals).
+    levels : dict of int to ndarray
+        Sorted observed values of each ``discrete`` column.
+    atoms, shares : dict of int to ndarray
+        Atom values of ``continuous``/``integer`` columns and their shares in the fit data
+        (exact when ``n`` ≤ the tree sample size, else measured on the sample).
+    free_lo, free_hi : ndarray
+        Range of the non-atom values (``lo``/``hi`` for columns without atoms).
+    """
+
+    kinds: tuple[str, ...]
+    lo: np.ndarray
+    hi: np.ndarray
+    levels: dict[int, np.ndarray] = field(default_factory=dict)
+    atoms: dict[int, np.ndarray] = field(default_factory=dict)
+    shares: dict[int, np.ndarray] = field(default_factory=dict)
+    free_lo: np.ndarray | None = None
+    free_hi: np.ndarray | None = None
+
+    def mask(self, *kinds: str) -> np.ndarray:
+        return np.array([k in kinds for k in self.kinds], dtype=bool)
+
+    @property
+    def generated(self) -> np.ndarray:
+        """Indices of the columns in the z-space continuous block (generated by strategies)."""
+        return np.flatnonzero(self.mask(*GENERATED))
+
+    @property
+    def categorical(self) -> np.ndarray:
+        return np.flatnonzero(self.mask("categorical"))
+
+    @property
+    def constant(self) -> np.ndarray:
+        return np.flatnonzero(self.mask("constant"))
+
+    def decoder(self, clip: bool = True) -> Decoder:
+        """The per-block decoder used by ``expand`` (picklable, a few arrays)."""
+        gen = self.generated
+        atom_cols = np.array(sorted(self.atoms), dtype=np.int64)
+        return Decoder(
+            generated=gen,
+            categorical=self.categorical,
+            constant=self.constant,
+            constant_values=self.lo[self.constant],
+            integer=np.flatnonzero(self.mask("integer")),
+            discrete=tuple((j, self.levels[j]) for j in sorted(self.levels)),
+            atoms=tuple((int(j), self.atoms[j]) for j in atom_cols),
+            lo=self.lo[gen] if clip else None,
+            hi=self.hi[gen] if clip else None,
+            free_lo=self.free_lo[atom_cols] if clip and len(atom_cols) else None,
+            free_hi=self.free_hi[atom_cols] if clip and len(atom_cols) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Turns generated rows (original units) plus their base rows into exact column values."""
+
+    generated: np.ndarray
+    categorical: np.ndarray
+    constant: np.ndarray
+    constant_values: np.ndarray
+    integer: np.ndarray
+    discrete: tuple[tuple[int, np.ndarray], ...]
+    atoms: tuple[tuple[int, np.ndarray], ...]
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+    free_lo: np.ndarray | None
+    free_hi: np.ndarray | None
+
+    @property
+    def needs_base(self) -> bool:
+        """Whether decoding reads the base rows (categorical tuples or atoms)."""
+        return bool(len(self.categorical) or self.atoms)
+
+    def __call__(self, out: np.ndarray, base: np.ndarray | None) -> np.ndarray:
+        """Decode ``out`` (m, d) in place; ``base`` holds the m base rows (raw) when needed."""
+        gen = self.generated
+        if self.lo is not None and len(gen):
+            if len(gen) == out.shape[1]:
+                per_column(np.minimum, out, self.hi)
+                per_column(np.maximum, out, self.lo)
+            else:
+                out[:, gen] = np.clip(out[:, gen], self.lo, self.hi)
+        for k, (j, values) in enumerate(self.atoms):
+            keep = np.isin(base[:, j], values)
+            if self.free_lo is not None:
+                np.clip(out[:, j], self.free_lo[k], self.free_hi[k], out=out[:, j])
+            out[keep, j] = base[keep, j]
+        if len(self.integer):
+            out[:, self.integer] = np.rint(out[:, self.integer])
+        for j, levels in self.discrete:
+            out[:, j] = snap(out[:, j], levels)
+        if len(self.categorical):
+            out[:, self.categorical] = base[:, self.categorical]
+        if len(self.constant):
+            out[:, self.constant] = self.constant_values
+        return out
+
+
+_TILE = 1024
+
+
+def per_column(ufunc: np.ufunc, a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``ufunc(a, v, out=a)`` with the per-column vector ``v``, on long inner loops.
+
+    Broadcasting a length-d vector over rows gives numpy an inner loop of d elements; on a
+    C-contiguous block the same elementwise result comes ~2× faster by viewing the block as
+    rows of ``d·1024`` values against ``v`` tiled 1024 times (bit-identical: same operations).
+    """
+    if a.ndim != 2 or not a.flags.c_contiguous or a.shape[1] == 0:
+        return ufunc(a, v, out=a)
+    d = a.shape[1]
+    tiled = np.tile(v, _TILE)
+    flat = a.reshape(-1)
+    m = (flat.size // tiled.size) * tiled.size
+    if m:
+        body = flat[:m].reshape(-1, tiled.size)
+        ufunc(body, tiled, out=body)
+    rest = flat[m:].reshape(-1, d)
+    ufunc(rest, v, out=rest)
+    return a
+
+
+def snap(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Each value of ``x`` replaced by the nearest of the sorted ``levels`` (ties go down)."""
+    if len(levels) == 1:
+        return np.full_like(x, levels[0])
+    pos = np.clip(np.searchsorted(levels, x), 1, len(levels) - 1)
+    left, right = levels[pos - 1], levels[pos]
+    return np.where(x - left <= right - x, left, right)
+
+
+def resolve(
+    specified: Sequence[str],
+    sample: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    integral: np.ndarray,
+    integer_dtype: np.ndarray,
+    unique_of: Callable[[list[int]], list[np.ndarray]],
+) -> ColumnTypes:
+    """Resolve every column's kind, discrete levels and atoms.
+
+    Parameters
+    ----------
+    specified : list of str
+        ``"auto"`` or an explicit kind per column (explicit kinds win, except that a column
+        with one distinct value is always ``constant``).
+    sample : ndarray (m, d)
+        The tree sample (all rows when n is at most the sample size), raw codes.
+    lo, hi : ndarray (d,)
+        Exact per-column min / max over all rows.
+    integral : ndarray of bool (d,)
+        Whether every value of the column is integral (all rows).
+    integer_dtype : ndarray of bool (d,)
+        Whether the input dtype is an integer (or bool) dtype.
+    unique_of : callable
+        ``unique_of([j, ...])`` → the exact sorted distinct values of those columns over all
+        rows (called only for columns with few distinct values).
+    """
+    d = len(specified)
+    k_max = max_discrete()
+    thr = atom_threshold()
+    kinds = list(specified)
+    candidates = []
+    for j in range(d):
+        if lo[j] == hi[j]:
+            kinds[j] = "constant"
+        elif kinds[j] == "discrete" or (
+            kinds[j] == "auto" and len(np.unique(_head(sample[:, j]))) <= k_max
+        ):
+            candidates.append(j)
+    levels: dict[int, np.ndarray] = {}
+    for j, u in zip(candidates, unique_of(candidates)):
+        if kinds[j] == "discrete" or len(u) <= k_max:
+            kinds[j], levels[j] = "discrete", np.asarray(u, dtype=np.float64)
+    for j in range(d):
+        if kinds[j] == "auto":
+            kinds[j] = "integer" if (integer_dtype[j] or integral[j]) else "continuous"
+    atoms, shares = {}, {}
+    free_lo, free_hi = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
+    if thr is not None:
+        for j in range(d):
+            if kinds[j] not in ("continuous", "integer", "discrete"):
+                continue
+            col = sample[:, j]
+            vals, counts = np.unique(_head(col), return_counts=True)
+            cand = vals[counts >= 0.5 * thr * min(len(col), _HEAD_ROWS)]
+            if not len(cand):
+                continue
+            share = np.array([np.count_nonzero(col == v) for v in cand]) / len(col)
+            keep = share >= thr
+            if keep.any():
+                atoms[j], shares[j] = cand[keep], share[keep]
+                free = col[~np.isin(col, cand[keep])]
+                if len(free):
+                    free_lo[j], free_hi[j] = free.min(), free.max()
+    return ColumnTypes(tuple(kinds), np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64),
+                       levels, atoms, shares, free_lo, free_hi)
+
+
+def integral_columns(values: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Per column: are all values integral? (In-memory data; the head of ``sample`` screens first.)"""
+    head = sample[:: max(1, len(sample) // _HEAD_ROWS)][:_HEAD_ROWS]
+    out = np.all(head == np.rint(head), axis=0)
+    for j in np.flatnonzero(out):
+        col = values[:, j]
+        out[j] = bool(np.all(col == np.rint(col)))
+    return out
+
+
+def check_z_finite(columns: Sequence[str], zcols: np.ndarray, center: np.ndarray, scale: np.ndarray,
+                   raw_extremes: np.ndarray) -> None:
+    """Refuse columns whose standardised (z-space) values overflow to inf/NaN.
+
+    ``raw_extremes`` holds the z-space-ordered raw values of the per-column min and max rows.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        z = (raw_extremes - center) / scale
+    bad = ~(np.isfinite(center) & np.isfinite(scale) & (scale > 0) & np.isfinite(z).all(axis=0))
+    if bad.any():
+        names = ", ".join(repr(columns[int(zcols[k])]) for k in np.flatnonzero(bad))
+        raise ValueError(
+            f"column(s) {names} hold values so large that their standardised (z-space) values "
+            "overflow; rescale them (e.g. divide by a power of ten) before fitting"
+        )
