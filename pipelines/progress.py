@@ -1,43 +1,19 @@
-"""Progress for the run layer: tqdm on a terminal or in Jupyter, plain lines otherwise.
+"""Progress for the run layer, on the library's one display (:mod:`hvrt_dask.progress`).
 
-``pipelines.progress`` selects the display: ``auto`` (tqdm's auto mode — a bar on a terminal,
-a widget in Jupyter — and plain log lines when output is not a terminal, so cron logs hold
-no ``\\r`` bars), ``plain`` or ``none``. Engines with their own displays (capture, training,
-extraction: dashboard link, distributed's progress) only show them in bar mode.
+``hvrt.progress`` selects it: ``auto`` (tqdm's auto mode — a bar on a terminal, a widget in
+Jupyter — and plain lines when output is not a terminal, so cron logs hold no ``\\r`` bars),
+``plain`` or ``none``. Engines draw their own bars only in bar mode; in plain mode the run
+layer prints one line per stage step.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from hvrt_dask import config as hconfig
+from hvrt_dask.progress import Bar, mode
 
-MODES = ("auto", "plain", "none")
-
-
-def _interactive() -> bool:
-    try:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        if ip is not None and "IPKernelApp" in ip.config:
-            return True
-    except Exception:  # IPython absent or not a kernel
-        pass
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-
-def mode() -> str:
-    """``"bar"``, ``"plain"`` or ``"none"`` for this process."""
-    setting = str(hconfig.get("pipelines.progress"))
-    if setting == "none":
-        return "none"
-    if setting == "plain":
-        return "plain"
-    return "bar" if _interactive() else "plain"
+__all__ = ["Steps", "engines_show_progress", "mode"]
 
 
 def engines_show_progress() -> bool:
@@ -46,30 +22,14 @@ def engines_show_progress() -> bool:
 
 
 class Steps:
-    """The steps of one stage: a tqdm bar, or one plain line per step."""
+    """The steps of one stage: a bar, or one plain line per step (via the run's ``echo``)."""
 
     def __init__(self, name: str, total: int, echo: Callable[[str], Any] = print):
-        self.name, self.total, self.echo = name, total, echo
-        self.i = 0
-        self.t0 = time.perf_counter()
-        self.mode = mode()
-        self.bar = None
-        if self.mode == "bar":
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=name, unit="step", file=sys.stderr, leave=False)
+        self.bar = Bar(total, name, unit="step", echo=echo)
+        self.bar.every = 0.0  # a stage has a few steps: every one is worth a line
 
     def step(self, label: str) -> None:
-        self.i += 1
-        if self.bar is not None:
-            if self.i > 1:
-                self.bar.update(1)
-            self.bar.set_postfix_str(label)
-        elif self.mode == "plain":
-            self.echo(f"[{self.name}] step {self.i}/{self.total}: {label} ({time.perf_counter() - self.t0:.1f}s)")
+        self.bar.update(1, label)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.total - self.bar.n)
-            self.bar.close()
-            self.bar = None
+        self.bar.close()

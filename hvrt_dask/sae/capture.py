@@ -37,6 +37,7 @@ import numpy as np
 from hvrt_dask._client import resolve_client
 from hvrt_dask import config, ownership
 from hvrt_dask.sae.corpora import describe_source, load_documents
+from hvrt_dask.progress import Bar
 from hvrt_dask.sae.store import KIND, StoreError, create_store, mark_complete, open_store, write_chunk
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -368,24 +369,20 @@ class CaptureReport:
 
 
 class _Progress:
-    def __init__(self, total_chunks: int, enabled: bool, every: float = 2.0):
-        self.total, self.enabled, self.every = total_chunks, enabled, every
-        self.t0 = self.last = time.perf_counter()
-        self.chunks = self.tokens = 0
+    """Chunks captured, tokens/s and ETA on :class:`hvrt_dask.progress.Bar`."""
+
+    def __init__(self, total_chunks: int, enabled: bool):
+        self.t0 = time.perf_counter()
+        self.tokens = 0
+        self.bar = Bar(total_chunks, "capture", unit="chunk", enabled=enabled)
 
     def update(self, tokens: int) -> None:
-        self.chunks += 1
         self.tokens += tokens
-        now = time.perf_counter()
-        if self.enabled and (now - self.last >= self.every or self.chunks == self.total):
-            self.last = now
-            rate = self.tokens / max(now - self.t0, 1e-9)
-            eta = (self.total - self.chunks) * (now - self.t0) / self.chunks
-            print(
-                f"capture: {self.chunks}/{self.total} chunks, {self.tokens:,} tokens, {rate:,.0f} tokens/s, ETA {eta:.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+        el = max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.bar.total - self.bar.n - 1) * el / (self.bar.n + 1)
+        self.bar.update(1, f"{self.tokens:,} tokens, {self.tokens / el:,.0f} tokens/s, ETA {eta:.0f}s")
+        if self.bar.n >= self.bar.total:
+            self.bar.close()
 
 
 def _default(value, key):

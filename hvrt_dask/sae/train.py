@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from hvrt_dask import config, ownership
 from hvrt_dask._seeding import generator
+from hvrt_dask.progress import Bar
 from hvrt_dask.sae import architectures
 from hvrt_dask.sae.store import ActivationStore, open_store
 from hvrt_dask.sae.weights import KIND as SAE_KIND
@@ -269,6 +269,7 @@ def train_sae(
         opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
         log = []
         batch = first
+        bar = Bar(steps, "train_sae", unit="step", enabled=progress)
         for step in range(steps):
             if step:
                 batch = next(it)
@@ -294,9 +295,9 @@ def train_sae(
                 rec = {"step": step, "loss": float(loss.detach()), "mse": float(mse.detach()), "l1": float(l1.detach()),
                        "l0": float((f.detach() > 0).float().sum(-1).mean()), "fve_batch": fve}
                 log.append(rec)
-                if progress:
-                    print(f"train_sae: step {step}/{steps} loss {rec['loss']:.4g} mse {rec['mse']:.4g} "
-                          f"L0 {rec['l0']:.1f} FVE(batch) {fve:.3f}", file=sys.stderr, flush=True)
+                bar.update(step + 1 - bar.n, f"loss {rec['loss']:.4g} mse {rec['mse']:.4g} "
+                                             f"L0 {rec['l0']:.1f} FVE(batch) {fve:.3f}")
+        bar.close()
         train_s = time.perf_counter() - t_start
         with torch.no_grad():
             tensors = {  # fold the input scale into the weights (see module docstring)

@@ -1,75 +1,28 @@
-"""The extraction progress line (a widget in Jupyter): chunks, samples/s, tokens/s, ETA."""
+"""The extraction's progress: chunks, samples/s, tokens/s and ETA on :class:`hvrt_dask.progress.Bar`."""
 
 from __future__ import annotations
 
-import sys
 import time
+
+from hvrt_dask.progress import Bar
 
 
 class Progress:
-    """Chunks and samples done, samples/s, tokens/s and ETA on one terminal line."""
+    """Chunks done (resumed chunks count as done but not toward the rate)."""
 
     def __init__(self, n_chunks: int, n_samples: int, seq_len: int, enabled: bool):
-        self.n_chunks, self.n_samples, self.seq_len, self.enabled = n_chunks, n_samples, seq_len, enabled
-        self.chunks = self.samples = self.skipped = 0
+        self.n_samples, self.seq_len = n_samples, seq_len
+        self.samples = self.skipped = 0
         self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.widget = None
-        if enabled and _in_notebook():
-            try:
-                import ipywidgets
-                from IPython.display import display
-
-                self.widget = ipywidgets.IntProgress(min=0, max=n_chunks, description="extract")
-                self.label = ipywidgets.Label()
-                display(ipywidgets.HBox([self.widget, self.label]))
-            except ImportError:
-                self.widget = None
+        self.bar = Bar(n_chunks, "extract", unit="chunk", enabled=enabled)
 
     def update(self, n_samples: int, resumed: bool = False, force: bool = False) -> None:
-        self.chunks += 1
         self.samples += n_samples
         if resumed:
             self.skipped += n_samples
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.5 and not force and self.chunks < self.n_chunks):
-            return
-        self.last = now
-        el = max(now - self.t0, 1e-9)
-        rate = (self.samples - self.skipped) / el
+        rate = (self.samples - self.skipped) / max(time.perf_counter() - self.t0, 1e-9)
         eta = (self.n_samples - self.samples) / rate if rate > 0 else float("nan")
-        text = (
-            f"chunks {self.chunks}/{self.n_chunks}  samples {self.samples}/{self.n_samples}  "
-            f"{rate:,.1f} samples/s  {rate * self.seq_len:,.0f} tokens/s  ETA {eta:,.0f} s"
-        )
-        if self.widget is not None:
-            self.widget.value = self.chunks
-            self.label.value = text
-        else:
-            width = 30
-            done = int(width * self.chunks / max(self.n_chunks, 1))
-            print(f"\r[{'#' * done}{'.' * (width - done)}] {text}", end="", file=sys.stderr, flush=True)
-            if self.chunks >= self.n_chunks:
-                print(file=sys.stderr, flush=True)
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        return ip is not None and "IPKernelApp" in ip.config
-    except Exception:
-        return False
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        return ip is not None and "IPKernelApp" in ip.config
-    except Exception:
-        return False
-
-
+        self.bar.update(1, f"samples {self.samples}/{self.n_samples}, {rate:,.1f} samples/s, "
+                           f"{rate * self.seq_len:,.0f} tokens/s, ETA {eta:,.0f} s")
+        if self.bar.n >= self.bar.total:
+            self.bar.close()
