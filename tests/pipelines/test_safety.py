@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from hvrt_dask import ownership
+from hvrt_dask.hvrt import read_output
 from hvrt_dask.sae import export
 from hvrt_dask.sae.site import build as site_build
-from hvrt_dask.hvrt import read_output
 from pipelines import outputs, runs
 from pipelines.schema import from_dict
 
