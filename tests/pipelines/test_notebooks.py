@@ -68,3 +68,5 @@ def test_extraction_walkthrough(tmp_path):
     assert "Dask dashboard: http://127.0.0.1:" in text
     assert "background:rgba(255,120,0," in text  # shaded tokens rendered inline
     assert "Feature " in text and "live features" in text
+    assert "feature browser:" in text and "(32 features)" in text  # the site of every feature
+    assert "cleaned up: True" in text  # the notebook removes what it wrote
