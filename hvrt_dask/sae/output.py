@@ -18,6 +18,9 @@ Variables
 ``mean``, ``std``      (feature) float64           over active tokens (NaN for dead features)
 ``hist``               (feature, bin) int64        nonzero activations per bin
 ``dead``               (feature) bool              never active
+``range_*``            (feature, bin, range_slot)  examples across the activation range (when
+                       [, window]                  ``range_examples`` > 0; see
+                                                   :mod:`hvrt_dask.sae.range_examples`)
 =====================  ==========================  ==============================================
 
 Coordinates ``feature``, ``rank``, ``window_offset`` (window, -prefix..suffix), ``bin_lower`` /
@@ -38,6 +41,7 @@ import numpy as np
 
 from hvrt_dask import ownership
 from hvrt_dask.sae.codecs import fast_codec
+from hvrt_dask.sae.range_examples import SLOT_DIM
 from hvrt_dask.sae.stats import bin_bounds
 
 
@@ -73,6 +77,8 @@ FEATURE_CHUNK = 1024
 #: so the window arrays' bytes on disk follow the examples found, not ``d_sae x top_k``.
 RANK_CHUNK = 8
 WINDOW_ARRAYS = ("window_tokens", "window_acts")
+#: Chunk of the range examples' window arrays along ``bin``.
+RANGE_BIN_CHUNK = 8
 _COORDS = "feature rank window_offset bin_lower bin_upper"
 
 
@@ -89,7 +95,7 @@ def feature_chunk(feature_block: int) -> int:
 
 
 def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int, edges: np.ndarray,
-                  feature_block: int) -> None:
+                  feature_block: int, range_m: int = 0) -> None:
     """Create the output's arrays (metadata only; the small coordinates are written here).
 
     Every array is chunked along ``feature`` by :func:`feature_chunk`, so the workers' block
@@ -122,6 +128,19 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
         a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=chunks,
                            dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True, **kw)
         if name != "feature":
+            a.attrs["coordinates"] = _COORDS
+    if range_m:  # examples across the activation range (hvrt_dask.sae.range_examples)
+        FBS = ("feature", "bin", SLOT_DIM)
+        for name, dims, dtype, fill in (
+                ("range_sample", FBS, "int64", -1), ("range_value", FBS, "float32", np.nan),
+                ("range_position", FBS, "int32", -1), ("range_window_tokens", FBS + ("window",), "int32", -1),
+                ("range_window_acts", FBS + ("window",), "float32", np.nan)):
+            windowed = len(dims) == 4
+            # window chunks span few bins: a feature fires in few bins, the other chunks stay unwritten fill
+            chunks = (fc, min(RANGE_BIN_CHUNK, n_bins), range_m, w) if windowed else (fc, n_bins, range_m)
+            a = g.create_array(name, shape=(d_sae, n_bins, range_m) + ((w,) if windowed else ()), chunks=chunks,
+                               dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True,
+                               **({"compressors": (fast_codec(),)} if windowed else {}))
             a.attrs["coordinates"] = _COORDS
     for name, dim, values in (("rank", "rank", np.arange(top_k)), ("window_offset", "window", np.arange(-prefix, suffix + 1)),
                               ("bin_lower", "bin", lower), ("bin_upper", "bin", upper)):
@@ -197,6 +216,42 @@ def write_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndar
         wa[feat, rank] = acts[i:e]
         wt_arr[lo + a : lo + b, :ranks] = wt
         wa_arr[lo + a : lo + b, :ranks] = wa
+        n += wt.nbytes + wa.nbytes
+    return n
+
+
+def write_range_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndarray, tokens: np.ndarray,
+                      acts: np.ndarray) -> int:
+    """Write one feature block's range examples into features ``[lo, lo + width)``; returns the
+    bytes handed to Zarr.
+
+    ``arrays``: ``range_sample`` / ``range_value`` / ``range_position`` ``[width, n_bins, m]``
+    (:func:`hvrt_dask.sae.range_examples.finalize`); ``slots`` (sorted; ``(local feature x
+    n_bins + bin) x m + slot``) with their windows ``tokens`` / ``acts`` ``[E, W]``. Writes are
+    regions along ``feature`` aligned to its chunks; chunks holding only fill stay unwritten.
+    """
+    import zarr
+
+    g = zarr.open_group(out, mode="r+")
+    n = 0
+    for name, a in arrays.items():
+        g[name][lo : lo + len(a)] = a
+        n += a.nbytes
+    width, n_bins, m = arrays["range_sample"].shape
+    wt_arr, wa_arr = g["range_window_tokens"], g["range_window_acts"]
+    fc, w = wt_arr.chunks[0], wt_arr.shape[-1]
+    per = n_bins * m
+    for a in range(0, width, fc):
+        b = min(a + fc, width)
+        i, e = np.searchsorted(slots, [a * per, b * per])
+        if i == e:
+            continue  # no example in these features: fill
+        wt = np.full(((b - a) * per, w), -1, np.int32)
+        wa = np.full(((b - a) * per, w), np.nan, np.float32)
+        wt[slots[i:e] - a * per] = tokens[i:e]
+        wa[slots[i:e] - a * per] = acts[i:e]
+        wt_arr[lo + a : lo + b] = wt.reshape(b - a, n_bins, m, w)
+        wa_arr[lo + a : lo + b] = wa.reshape(b - a, n_bins, m, w)
         n += wt.nbytes + wa.nbytes
     return n
 
