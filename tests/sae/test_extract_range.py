@@ -158,14 +158,32 @@ def test_parameters_validated():
 
 
 def test_site_shows_range_examples(data, baseline, tmp_path):
-    """A site built from a real extraction has the range examples on its feature pages."""
+    """A site built from a real extraction carries its range examples on the feature pages' data."""
+    import json
+
     from hvrt_dask.sae.site import build_site
 
-    f = int(np.flatnonzero((baseline.range_sample.values >= 0).sum(axis=(1, 2)) >= 2)[0])
-    site = build_site(str(data["root"] / "baseline"), tmp_path / "site", features=range(f, f + 1))
-    text = "".join(open(os.path.join(dp, fn), encoding="utf-8", errors="replace").read()
-                   for dp, _, fns in os.walk(site.path) for fn in fns if fn.endswith((".js", ".json", ".html")))
-    assert "range" in text.lower()
+    site = build_site(str(data["root"] / "baseline"), tmp_path / "site", tokenizer=None)
+    data_dir = os.path.join(site.path, "data")
+
+    def read(path):
+        with open(path, encoding="ascii") as fh:
+            text = fh.read()
+        return json.loads(text[text.index(",") + 1 : -3])
+
+    assert read(os.path.join(data_dir, "meta.js"))["has_range"]
+    recs = {}
+    for dp, _, fns in os.walk(os.path.join(data_dir, "feat")):
+        for fn in fns:
+            recs.update({r["f"]: r for r in read(os.path.join(dp, fn))["features"]})
+    rs = baseline.range_sample.values
+    assert sorted(recs) == list(range(rs.shape[0]))
+    n_shown = 0
+    for f, rec in recs.items():
+        want = {int(b): rs[f, b][rs[f, b] >= 0].tolist() for b in np.flatnonzero((rs[f] >= 0).any(axis=1))}
+        assert {b: [e[0] for e in exs] for b, exs in rec["range"]} == want
+        n_shown += sum(len(exs) for _, exs in rec["range"])
+    assert n_shown == int((rs >= 0).sum()) > 0
 
 
 def test_repr_html_escapes(data, tmp_path):
