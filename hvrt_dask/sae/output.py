@@ -228,7 +228,8 @@ def write_range_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: n
     ``arrays``: ``range_sample`` / ``range_value`` / ``range_position`` ``[width, n_bins, m]``
     (:func:`hvrt_dask.sae.range_examples.finalize`); ``slots`` (sorted; ``(local feature x
     n_bins + bin) x m + slot``) with their windows ``tokens`` / ``acts`` ``[E, W]``. Writes are
-    regions along ``feature`` aligned to its chunks; chunks holding only fill stay unwritten.
+    aligned to the chunks and inside the block's features; window chunks (a feature chunk x
+    :data:`RANGE_BIN_CHUNK` bins) without an example are never written (fill).
     """
     import zarr
 
@@ -239,20 +240,24 @@ def write_range_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: n
         n += a.nbytes
     width, n_bins, m = arrays["range_sample"].shape
     wt_arr, wa_arr = g["range_window_tokens"], g["range_window_acts"]
-    fc, w = wt_arr.chunks[0], wt_arr.shape[-1]
+    fc, bc, _, w = wt_arr.chunks
     per = n_bins * m
     for a in range(0, width, fc):
         b = min(a + fc, width)
         i, e = np.searchsorted(slots, [a * per, b * per])
-        if i == e:
-            continue  # no example in these features: fill
-        wt = np.full(((b - a) * per, w), -1, np.int32)
-        wa = np.full(((b - a) * per, w), np.nan, np.float32)
-        wt[slots[i:e] - a * per] = tokens[i:e]
-        wa[slots[i:e] - a * per] = acts[i:e]
-        wt_arr[lo + a : lo + b] = wt.reshape(b - a, n_bins, m, w)
-        wa_arr[lo + a : lo + b] = wa.reshape(b - a, n_bins, m, w)
-        n += wt.nbytes + wa.nbytes
+        local = slots[i:e] - a * per
+        feat, bin_, slot = local // per, (local // m) % n_bins, local % m
+        # only the (feature chunk, bin chunk)s holding examples: the rest stays unwritten fill
+        for c in np.unique(bin_ // bc):
+            b0, b1 = int(c) * bc, min(int(c) * bc + bc, n_bins)
+            sel = (bin_ >= b0) & (bin_ < b1)
+            wt = np.full((b - a, b1 - b0, m, w), -1, np.int32)
+            wa = np.full((b - a, b1 - b0, m, w), np.nan, np.float32)
+            wt[feat[sel], bin_[sel] - b0, slot[sel]] = tokens[i:e][sel]
+            wa[feat[sel], bin_[sel] - b0, slot[sel]] = acts[i:e][sel]
+            wt_arr[lo + a : lo + b, b0:b1] = wt
+            wa_arr[lo + a : lo + b, b0:b1] = wa
+            n += wt.nbytes + wa.nbytes
     return n
 
 
