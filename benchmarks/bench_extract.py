@@ -27,12 +27,16 @@ at 131,072. Each run is a fresh process (its VmHWM is the client's + scheduler's
 fresh cluster (the worker's VmHWM); store and SAE are written by another process first.
 Results replace the width-sweep section of ``results/extract.md``.
 
+``--range-overhead``: the width sweep's d_sae 16,384 point with range examples off and on
+(``range_examples`` 0 vs 5), ``--repeats`` runs of each, alternated; replaces its own section of
+``results/extract.md``.
+
 ``--realistic``: d_in 768, d_sae 131,072, seq 128, ``--realistic-samples`` samples: end to end
 against the matmul alone (same run, same tokens).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_extract.py [--samples 192] [--gpu] [--width-sweep] [--realistic]
+    .venv/bin/python benchmarks/bench_extract.py [--samples 192] [--gpu] [--width-sweep] [--realistic] [--range-overhead]
 """
 
 from __future__ import annotations
@@ -458,7 +462,7 @@ def sweep_make(workdir: str, d_sae: int, variant: str, seq: int = SWEEP_SEQ, d_i
                  {"d_in": d_in, "d_sae": d_sae, "architecture": "standard"})
 
 
-def sweep_one(workdir: str, d_sae: int, variant: str) -> dict:
+def sweep_one(workdir: str, d_sae: int, variant: str, range_m: int | None = None) -> dict:
     """One extraction on a fresh 1-worker cluster; wall, peaks, output bytes (printed as JSON)."""
     from hvrt_dask.sae.extract import extract_features
 
@@ -468,7 +472,7 @@ def sweep_one(workdir: str, d_sae: int, variant: str) -> dict:
         out = os.path.join(workdir, f"out-{d_sae}-{variant}")
         t0 = time.perf_counter()
         r = extract_features(os.path.join(workdir, "store"), os.path.join(workdir, f"sae-{d_sae}-{variant}"), out,
-                             top_k=K, client=c, progress=False, overwrite=True)
+                             top_k=K, client=c, progress=False, overwrite=True, range_examples=range_m)
         wall = time.perf_counter() - t0
         client_peak = _vmhwm_mib()  # before anything below reads the output
         worker = max(c.run(_vmhwm_mib).values())
@@ -481,7 +485,11 @@ def sweep_one(workdir: str, d_sae: int, variant: str) -> dict:
     a = g["topk_sample"]
     n_ex = sum(int((a[i : i + 65536] >= 0).sum()) for i in range(0, a.shape[0], 65536))
     t = r.timings
-    res = {"d_sae": d_sae, "variant": variant, "wall": wall, "client": client_peak, "worker": worker,
+    n_range = 0
+    if "range_sample" in g:
+        a = g["range_sample"]
+        n_range = sum(int((a[i : i + 4096] >= 0).sum()) for i in range(0, a.shape[0], 4096))
+    res = {"range_m": range_m, "range_examples": n_range, "d_sae": d_sae, "variant": variant, "wall": wall, "client": client_peak, "worker": worker,
            "worker_start": max(base.values()), "disk": t["output_disk_bytes"], "examples": n_ex,
            "first": t["first_pass_s"], "second": t["second_pass_s"]}
     shutil.rmtree(out)
@@ -569,6 +577,46 @@ def width_sweep(args) -> str:
     return "\n".join(lines)
 
 
+RANGE_BEGIN, RANGE_END = "<!-- range-overhead -->", "<!-- /range-overhead -->"
+
+
+def range_overhead(args) -> str:
+    """Width-sweep point d_sae 16,384 with range examples off (m = 0) and on (m = 5), alternated,
+    each run in a fresh process and fresh 1-worker cluster."""
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_range_")
+    d, v = 16384, "sparse"
+    rows = []
+    if _child(["--_sweep-make", workdir, str(d), v]) is not None:
+        for rep in range(args.repeats):
+            for m in (0, 5):
+                print(f"range overhead: d_sae {d:,} m={m} (repeat {rep + 1})", file=sys.stderr, flush=True)
+                r = _child(["--_sweep-one", workdir, str(d), v, "--_range", str(m)])
+                rows.append(r if r else {"range_m": m, "failed": True})
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    lines = [
+        RANGE_BEGIN,
+        "## Range examples: overhead",
+        "",
+        f"The width sweep's d_sae 16,384 point ({SWEEP_N} samples x {SWEEP_SEQ} tokens, d_in {SWEEP_D_IN}, top_k {K}, "
+        "~50 active latents per token, 1-worker LocalCluster, fresh process per run), with range examples off "
+        "(`range_examples=0`) and on (`range_examples=5`, 64 bins), runs alternated in one invocation. "
+        f"Machine: {machine_description()}",
+        "",
+        "| range_examples | wall s | first pass s | windows + write s | client+scheduler peak MiB | worker peak MiB "
+        "| top-k examples | range examples | output on disk MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.get("failed"):
+            lines.append(f"| {r['range_m']} | failed | | | | | | | |")
+            continue
+        lines.append(f"| {r['range_m']} | {r['wall']:.1f} | {r['first']:.1f} | {r['second']:.1f} | {r['client']:,.0f} "
+                     f"| {r['worker']:,.0f} | {r['examples']:,} | {r['range_examples']:,} | {r['disk'] / 2**20:,.1f} |")
+    lines += ["", RANGE_END]
+    return "\n".join(lines)
+
+
 def _feature_block() -> int:
     from hvrt_dask import config
 
@@ -634,6 +682,7 @@ def main() -> None:
 
         mode, workdir, d, v = sys.argv[1:5]
         shape = {}
+        rm = int(sys.argv[sys.argv.index("--_range") + 1]) if "--_range" in sys.argv else None
         if "--_shape" in sys.argv:
             seq, d_in, n, chunk = (int(x) for x in sys.argv[sys.argv.index("--_shape") + 1].split(","))
             shape = {"seq": seq, "d_in": d_in, "n": n, "chunk": chunk}
@@ -641,7 +690,7 @@ def main() -> None:
             sweep_make(workdir, int(d), v, **shape)
             print("{}")
         else:
-            print(json.dumps(sweep_one(workdir, int(d), v)))
+            print(json.dumps(sweep_one(workdir, int(d), v, rm)))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=256)
@@ -662,7 +711,14 @@ def main() -> None:
     p.add_argument("--no-dense", dest="dense", action="store_false")
     p.add_argument("--realistic", action="store_true")
     p.add_argument("--realistic-samples", type=int, default=128)
+    p.add_argument("--range-overhead", action="store_true", help="d_sae 16,384 with range_examples 0 vs 5")
+    p.add_argument("--repeats", type=int, default=2, help="--range-overhead: runs of each setting")
     args = p.parse_args()
+    if args.range_overhead:
+        report = range_overhead(args)
+        print(report)
+        _replace_section(args.out or os.path.join(HERE, "results", "extract.md"), report, RANGE_BEGIN, RANGE_END)
+        return
     if args.width_sweep or args.realistic:
         parts = ([width_sweep(args)] if args.width_sweep else []) + ([realistic(args)] if args.realistic else [])
         report = "\n\n".join(parts)

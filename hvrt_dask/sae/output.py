@@ -18,6 +18,9 @@ Variables
 ``mean``, ``std``      (feature) float64           over active tokens (NaN for dead features)
 ``hist``               (feature, bin) int64        nonzero activations per bin
 ``dead``               (feature) bool              never active
+``range_*``            (feature, bin, range_slot)  examples across the activation range (when
+                       [, window]                  ``range_examples`` > 0; see
+                                                   :mod:`hvrt_dask.sae.range_examples`)
 =====================  ==========================  ==============================================
 
 Coordinates ``feature``, ``rank``, ``window_offset`` (window, -prefix..suffix), ``bin_lower`` /
@@ -38,6 +41,7 @@ import numpy as np
 
 from hvrt_dask import ownership
 from hvrt_dask.sae.codecs import fast_codec
+from hvrt_dask.sae.range_examples import SLOT_DIM
 from hvrt_dask.sae.stats import bin_bounds
 
 
@@ -73,6 +77,8 @@ FEATURE_CHUNK = 1024
 #: so the window arrays' bytes on disk follow the examples found, not ``d_sae x top_k``.
 RANK_CHUNK = 8
 WINDOW_ARRAYS = ("window_tokens", "window_acts")
+#: Chunk of the range examples' window arrays along ``bin``.
+RANGE_BIN_CHUNK = 8
 _COORDS = "feature rank window_offset bin_lower bin_upper"
 
 
@@ -89,7 +95,7 @@ def feature_chunk(feature_block: int) -> int:
 
 
 def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int, edges: np.ndarray,
-                  feature_block: int) -> None:
+                  feature_block: int, range_m: int = 0) -> None:
     """Create the output's arrays (metadata only; the small coordinates are written here).
 
     Every array is chunked along ``feature`` by :func:`feature_chunk`, so the workers' block
@@ -122,6 +128,19 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
         a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=chunks,
                            dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True, **kw)
         if name != "feature":
+            a.attrs["coordinates"] = _COORDS
+    if range_m:  # examples across the activation range (hvrt_dask.sae.range_examples)
+        FBS = ("feature", "bin", SLOT_DIM)
+        for name, dims, dtype, fill in (
+                ("range_sample", FBS, "int64", -1), ("range_value", FBS, "float32", np.nan),
+                ("range_position", FBS, "int32", -1), ("range_window_tokens", FBS + ("window",), "int32", -1),
+                ("range_window_acts", FBS + ("window",), "float32", np.nan)):
+            windowed = len(dims) == 4
+            # window chunks span few bins: a feature fires in few bins, the other chunks stay unwritten fill
+            chunks = (fc, min(RANGE_BIN_CHUNK, n_bins), range_m, w) if windowed else (fc, n_bins, range_m)
+            a = g.create_array(name, shape=(d_sae, n_bins, range_m) + ((w,) if windowed else ()), chunks=chunks,
+                               dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True,
+                               **({"compressors": (fast_codec(),)} if windowed else {}))
             a.attrs["coordinates"] = _COORDS
     for name, dim, values in (("rank", "rank", np.arange(top_k)), ("window_offset", "window", np.arange(-prefix, suffix + 1)),
                               ("bin_lower", "bin", lower), ("bin_upper", "bin", upper)):
@@ -198,6 +217,47 @@ def write_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndar
         wt_arr[lo + a : lo + b, :ranks] = wt
         wa_arr[lo + a : lo + b, :ranks] = wa
         n += wt.nbytes + wa.nbytes
+    return n
+
+
+def write_range_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndarray, tokens: np.ndarray,
+                      acts: np.ndarray) -> int:
+    """Write one feature block's range examples into features ``[lo, lo + width)``; returns the
+    bytes handed to Zarr.
+
+    ``arrays``: ``range_sample`` / ``range_value`` / ``range_position`` ``[width, n_bins, m]``
+    (:func:`hvrt_dask.sae.range_examples.finalize`); ``slots`` (sorted; ``(local feature x
+    n_bins + bin) x m + slot``) with their windows ``tokens`` / ``acts`` ``[E, W]``. Writes are
+    aligned to the chunks and inside the block's features; window chunks (a feature chunk x
+    :data:`RANGE_BIN_CHUNK` bins) without an example are never written (fill).
+    """
+    import zarr
+
+    g = zarr.open_group(out, mode="r+")
+    n = 0
+    for name, a in arrays.items():
+        g[name][lo : lo + len(a)] = a
+        n += a.nbytes
+    width, n_bins, m = arrays["range_sample"].shape
+    wt_arr, wa_arr = g["range_window_tokens"], g["range_window_acts"]
+    fc, bc, _, w = wt_arr.chunks
+    per = n_bins * m
+    for a in range(0, width, fc):
+        b = min(a + fc, width)
+        i, e = np.searchsorted(slots, [a * per, b * per])
+        local = slots[i:e] - a * per
+        feat, bin_, slot = local // per, (local // m) % n_bins, local % m
+        # only the (feature chunk, bin chunk)s holding examples: the rest stays unwritten fill
+        for c in np.unique(bin_ // bc):
+            b0, b1 = int(c) * bc, min(int(c) * bc + bc, n_bins)
+            sel = (bin_ >= b0) & (bin_ < b1)
+            wt = np.full((b - a, b1 - b0, m, w), -1, np.int32)
+            wa = np.full((b - a, b1 - b0, m, w), np.nan, np.float32)
+            wt[feat[sel], bin_[sel] - b0, slot[sel]] = tokens[i:e][sel]
+            wa[feat[sel], bin_[sel] - b0, slot[sel]] = acts[i:e][sel]
+            wt_arr[lo + a : lo + b, b0:b1] = wt
+            wa_arr[lo + a : lo + b, b0:b1] = wa
+            n += wt.nbytes + wa.nbytes
     return n
 
 

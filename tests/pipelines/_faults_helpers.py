@@ -92,4 +92,10 @@ def read_arrays(path) -> dict[str, np.ndarray]:
 def assert_same_arrays(a, b):
     assert sorted(a) == sorted(b)
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        if k == "range_window_acts":
+            # window activations are re-encoded by a restricted matmul whose float32 rounding
+            # depends on torch's thread count (docs/extraction.md, exactness details): the
+            # pipeline's workers and this process differ; examples and tokens are exact
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=0, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

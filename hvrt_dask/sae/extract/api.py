@@ -27,7 +27,7 @@ from hvrt_dask.sae.weights import SAE, SAEError, load_sae
 
 # run.json keys that must match for a resume to reuse partials
 RESUME_KEYS = ("store", "n_samples", "seq_len", "d_in", "chunk_samples", "sae_hash", "top_k", "histogram_edges",
-               "nonfinite", "feature_block", "store_fingerprint")
+               "nonfinite", "feature_block", "store_fingerprint", "seed", "range_examples")
 #: Private test hook (never set in production): a dask.config integer; the driver raises after
 #: this many sample chunks finished, as if interrupted (tests of resume).
 FAIL_AFTER_KEY = "hvrt.testing.extract-fail-after"
@@ -64,6 +64,33 @@ class ExtractionResult:
 
         return open_output(self.path)
 
+    def _repr_html_(self) -> str:
+        """A short summary for Jupyter, every value escaped, with the command that builds the browser."""
+        import html
+        import shlex
+
+        import zarr
+
+        g = zarr.open_group(self.path, mode="r")
+        attrs = dict(g.attrs)
+        dead, rare, dense = _density_counts(g)
+        n_features = int(g["density"].shape[0])
+        top_k = attrs.get("config", {}).get("top_k")
+        rows = [
+            ("output", self.path),
+            ("features", f"{n_features:,} ({dead:,} dead, {rare:,} rare, {dense:,} dense)"),
+            ("samples", f"{int(attrs.get('n_samples', 0)):,} ({int(attrs.get('n_valid_tokens', 0)):,} valid tokens)"),
+            ("top_k", str(top_k)),
+            ("total time", f"{float(self.timings.get('total_s', float('nan'))):.1f} s"),
+            ("batch size", str(self.batch_size)),
+            ("workers", ", ".join(self.workers) or "none"),
+        ]
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                       for k, v in rows)
+        cmd = f"hvrt-dask site {shlex.quote(self.path)} <dir>"
+        return (f"<div><strong>hvrt_dask extraction</strong><table>{body}</table>"
+                f"<p>Feature browser: <code>{html.escape(cmd)}</code></p></div>")
+
 
 def extract_features(
     store: str | os.PathLike | ActivationStore,
@@ -81,6 +108,8 @@ def extract_features(
     histogram_bins: int | None = None,
     histogram_range: tuple[float, float] | None = None,
     nonfinite: str | None = None,
+    range_examples: int | None = None,
+    seed: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     client=None,
@@ -118,6 +147,12 @@ def extract_features(
         Histogram bin count and log10 range of the inner edges (fixed before the pass).
     nonfinite : {"raise", "mask"}, default "raise"
         NaN/inf at a valid token raises naming the chunk and sample, or the token is masked.
+    range_examples : int, default ``extract.range-examples`` (5)
+        Examples per (feature, histogram bin) across the activation range: the ``m`` samples
+        with the smallest keyed hash among those whose max activation falls in the bin
+        (:mod:`hvrt_dask.sae.range_examples`), with their windows. 0 disables them.
+    seed : int, default ``seed-default``
+        Keys the range examples' hash (recorded in the output; a resume must use the same).
     resume : bool
         Continue an interrupted run in ``out`` from its checkpoints (refused when the store
         or the SAE changed since).
@@ -144,7 +179,7 @@ def extract_features(
     t_start = time.perf_counter()
     # ---- plan: every check before anything is written
     p = _parameters(top_k, prefix, suffix, batch_size, split_every, max_in_flight, feature_block, histogram_bins,
-                    histogram_range, nonfinite, device)
+                    histogram_range, nonfinite, device, range_examples, seed)
     st = store if isinstance(store, ActivationStore) else open_store(store)
     if st.n_samples == 0:
         raise StoreError(f"activation store {st.path!r} holds 0 samples: nothing to extract")
@@ -158,7 +193,7 @@ def extract_features(
         "chunk_samples": chunk_samples, "sae_path": os.path.abspath(sae_obj.path), "sae_hash": sae_obj.content_hash,
         "top_k": p["top_k"], "histogram_edges": [float(e) for e in p["edges"]], "nonfinite": p["nonfinite"],
         "feature_block": p["feature_block"], "store_fingerprint": st.fingerprint(),
-        "prefix": p["prefix"], "suffix": p["suffix"],
+        "prefix": p["prefix"], "suffix": p["suffix"], "seed": p["seed"], "range_examples": p["range_examples"],
     }
     out = os.path.abspath(os.fspath(out))
     done = _prepare_output(out, st, sae_obj, run_info, resume, overwrite)
@@ -169,7 +204,7 @@ def extract_features(
                   architecture=sae_obj.architecture, d_sae=sae_obj.d_sae, device=p["device"], top_k=p["top_k"],
                   prefix=p["prefix"], suffix=p["suffix"], batch_size=p["batch_size"],
                   edges=tuple(float(e) for e in p["edges"]), nonfinite=p["nonfinite"], partials_dir=partials_dir,
-                  out=out)
+                  out=out, range_m=p["range_examples"], seed=p["seed"])
     chunks = plan_chunks(st.n_samples, chunk_samples)
     blocks = plan_blocks(sae_obj.d_sae, p["feature_block"])
     fingerprints = {c.cid: st.fingerprint(c.start, c.stop) for c in chunks}
@@ -181,7 +216,7 @@ def extract_features(
     if client is not None:
         client.register_plugin(SAEWorkerPlugin(sae_obj.content_hash, torch_threads(client, p["torch_threads"])))
     create_output(out, d_sae=sae_obj.d_sae, top_k=p["top_k"], prefix=p["prefix"], suffix=p["suffix"],
-                  edges=p["edges"], feature_block=p["feature_block"])
+                  edges=p["edges"], feature_block=p["feature_block"], range_m=p["range_examples"])
 
     # ---- first pass, merged per feature block as chunks finish
     t1 = time.perf_counter()
@@ -320,11 +355,16 @@ def _windows_and_write(ex: Executor, run: RunSpec, chunks: list[Chunk], blocks: 
     def make(b: Block):
         samples, positions = finish.block_examples(roots[b.j])
         fi, ri = np.nonzero(samples >= 0)
-        smp = samples[fi, ri]
-        order = np.argsort(smp, kind="stable")  # by sample (hence by chunk); feature order kept within
-        fi, ri, smp = fi[order], ri[order], smp[order]
-        pos = positions[fi, ri].astype(np.int32)
-        slots = fi * run.top_k + ri  # (feature, rank) slot in the block's output
+        # range examples go through the same window tasks, their slots offset past the top-k's
+        rslot, rsmp, rpos = finish.block_range_examples(roots[b.j])
+        n_bins = len(run.edges) + 1
+        per_feature = n_bins * max(run.range_m, 1)
+        fi = np.concatenate([fi, rslot // per_feature])
+        smp = np.concatenate([samples[fi[: len(ri)], ri], rsmp])
+        pos = np.concatenate([positions[fi[: len(ri)], ri], rpos]).astype(np.int32)
+        slots = np.concatenate([fi[: len(ri)] * run.top_k + ri, b.width * run.top_k + rslot])
+        order = np.argsort(smp, kind="stable")  # by sample (hence by chunk); slot order kept within
+        fi, smp, pos, slots = fi[order], smp[order], pos[order], slots[order]
         wins = [
             ex.submit(windows.gather_windows, run, chunks[cid], b, fi[lo:hi].astype(np.int32), smp[lo:hi],
                       pos[lo:hi], slots[lo:hi], thresholds.get(cid), gpu=True, key=f"hvrt-sae-window-{b.j}-{cid}")
@@ -385,6 +425,21 @@ def _complete_config(out: str) -> dict:
     return dict(zarr.open_group(out, mode="r").attrs).get("config", {})
 
 
+def _density_counts(g) -> tuple[int, int, int]:
+    """Dead, rare and dense features of an output (the site's filters, ``hvrt.site``
+    thresholds), read a slice of ``feature`` at a time."""
+    from hvrt_dask.sae.site.index import filter_mask
+
+    rare_t, dense_t = float(config.get("site.rare-density")), float(config.get("site.dense-density"))
+    counts = [0, 0, 0]
+    n, step = g["density"].shape[0], 1 << 16
+    for a in range(0, n, step):
+        cols = {"dead": g["dead"][a : a + step], "density": g["density"][a : a + step]}
+        for i, name in enumerate(("dead", "rare", "dense")):
+            counts[i] += int(filter_mask(cols, name, rare_t, dense_t).sum())
+    return counts[0], counts[1], counts[2]
+
+
 def _disk_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -394,8 +449,8 @@ def _disk_bytes(path: str) -> int:
 
 
 def _parameters(top_k, prefix, suffix, batch_size, split_every, max_in_flight, feature_block, histogram_bins,
-                histogram_range, nonfinite, device) -> dict:
-    """Validated parameters, defaults from ``hvrt.extract``."""
+                histogram_range, nonfinite, device, range_examples=None, seed=None) -> dict:
+    """Validated parameters, defaults from ``hvrt.extract`` (the seed from ``hvrt.seed-default``)."""
     cfg = config.get("extract", {}) or {}
 
     def pick(value, key, default):
@@ -408,6 +463,8 @@ def _parameters(top_k, prefix, suffix, batch_size, split_every, max_in_flight, f
         "split_every": _check_int("split_every", pick(split_every, "split-every", 8), 2),
         "max_in_flight": _check_int("max_in_flight", pick(max_in_flight, "max-in-flight", 4), 1),
         "feature_block": _check_int("feature_block", pick(feature_block, "feature-block", 16384), 1),
+        "range_examples": _check_int("range_examples", pick(range_examples, "range-examples", 5), 0),
+        "seed": _check_int("seed", config.get("seed-default", 0) if seed is None else seed, 0),
         "torch_threads": cfg.get("torch-threads", "auto"),
         "device": pick(device, "device", None),
     }
@@ -424,7 +481,7 @@ def _parameters(top_k, prefix, suffix, batch_size, split_every, max_in_flight, f
 
 #: Parameters :func:`check_parameters` validates (the tunables of :func:`extract_features`).
 PARAMETERS = ("top_k", "prefix", "suffix", "batch_size", "split_every", "max_in_flight", "chunk_samples",
-              "feature_block", "histogram_bins", "histogram_range", "nonfinite", "device")
+              "feature_block", "histogram_bins", "histogram_range", "nonfinite", "device", "range_examples", "seed")
 
 
 def check_parameters(**params: Any) -> dict:

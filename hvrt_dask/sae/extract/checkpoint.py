@@ -14,6 +14,8 @@ import threading
 
 import numpy as np
 
+from hvrt_dask.sae import range_examples as _rx
+
 PARTIALS = "partials"
 RUN_FILE = "run.json"
 
@@ -39,7 +41,8 @@ def _tmp(fn: str) -> str:
     return f"{fn}.tmp-{os.getpid()}-{threading.get_ident()}"
 
 
-#: Partial arrays stored sparse (most features fire in few histogram bins).
+#: Partial arrays stored sparse (most features fire in few histogram bins); the range examples'
+#: ``range_examples.KEYS`` are stored as their live slots too (exact: empty slots are fill).
 SPARSE = ("hist",)
 
 
@@ -52,6 +55,12 @@ def save_npz(fn: str, partial: dict) -> dict:
             a = arrays.pop(key)
             nz = np.flatnonzero(a)
             arrays.update({f"{key}.shape": np.array(a.shape, np.int64), f"{key}.index": nz, f"{key}.value": a.reshape(-1)[nz]})
+    if _rx.KEYS[0] in arrays:  # range examples: only the live slots (most bins of most features are empty)
+        live = np.flatnonzero(arrays["range_sample"].reshape(-1) >= 0)
+        arrays["range.shape"] = np.array(arrays["range_sample"].shape, np.int64)
+        arrays["range.index"] = live
+        for key in _rx.KEYS:
+            arrays[key] = arrays[key].reshape(-1)[live]
     np.savez(tmp, **arrays)
     os.replace(tmp, fn)
     return {"ref": fn}
@@ -109,6 +118,12 @@ def load_partial(path: str) -> dict:
             a = np.zeros(int(np.prod(shape)), val.dtype)
             a[nz] = val
             out[key] = a.reshape(tuple(shape))
+    if "range.shape" in out:
+        shape, live = tuple(out.pop("range.shape")), out.pop("range.index")
+        full = _rx.empty(*shape)
+        for key in _rx.KEYS:
+            full[key].reshape(-1)[live] = out[key]
+        out.update(full)
     return out
 
 

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from hvrt_dask.sae import range_examples as _rx
 from hvrt_dask.sae import stats as _stats
 from hvrt_dask.sae import topk as _topk
 from hvrt_dask.sae.extract import checkpoint as ckpt
@@ -122,8 +123,8 @@ def token_thresholds(run: RunSpec, chunk: Chunk, blocks: tuple[Block, ...], data
 
 
 def extract_block(run: RunSpec, chunk: Chunk, block: Block, data: dict, thresholds, fingerprint: str) -> dict:
-    """First-pass task: the partial (top-k + statistics + meta) of one (sample chunk, feature
-    block), checkpointed to ``partials/`` with its done marker; returns its handle."""
+    """First-pass task: the partial (top-k + statistics + range examples + meta) of one
+    (sample chunk, feature block), checkpointed to ``partials/`` with its done marker; returns its handle."""
     import torch
 
     t0 = time.perf_counter()
@@ -184,13 +185,18 @@ def extract_block(run: RunSpec, chunk: Chunk, block: Block, data: dict, threshol
 
     bs = run_batches(s, resolve_batch_size(run.batch_size, t, d, f, dev), step, on_oom)
     kk = min(run.top_k, s)  # a chunk holds at most one example per sample: store only kk slots
+    ids = np.arange(chunk.start, chunk.stop, dtype=np.int64)
     if dev.type == "cpu":
-        smax_np = smax.numpy()
-        part = _topk.chunk(smax_np, sarg.numpy(), np.arange(chunk.start, chunk.stop, dtype=np.int64), kk)
+        smax_np, sarg_np = smax.numpy(), sarg.numpy()
+        part = _topk.chunk(smax_np, sarg_np, ids, kk)
     else:
         part = _topk.chunk_sorted(smax, sarg, chunk.start, kk)
         smax_np = smax.cpu().numpy()
+        sarg_np = sarg.cpu().numpy() if run.range_m else None
     part.update(acc.result(smax_np))
+    if run.range_m:  # examples across the activation range, from the same per-sample maxima
+        part.update(_rx.chunk_partial(smax_np, sarg_np, ids, np.asarray(run.edges, np.float32), run.range_m,
+                                      run.seed, feature_offset=block.lo))
     part.update(
         chunks=np.array([chunk.cid], np.int64),
         workers=np.array([worker_address()]),
@@ -226,6 +232,8 @@ def _merge_two(k: int, *parts: dict) -> dict:
     n = sum(int(p["n_samples"]) for p in parts)
     out = _topk.combine([{key: p[key] for key in _topk.KEYS} for p in parts], min(k, n))
     out.update(_stats.combine(parts))
+    if _rx.KEYS[0] in parts[0]:  # order-free: any fan-in or resume gives the same arrays
+        out.update(_rx.merge([{key: p[key] for key in _rx.KEYS} for p in parts]))
     out["chunks"] = np.sort(np.concatenate([p["chunks"] for p in parts]))
     out["workers"] = np.unique(np.concatenate([p["workers"] for p in parts]))
     out["batch_size"] = np.int64(min(int(p["batch_size"]) for p in parts))

@@ -25,6 +25,11 @@ class RunSpec:
     nonfinite : {"raise", "mask"}
     partials_dir, out : str
         Checkpoint folder and output store.
+    range_m : int
+        Examples per (feature, histogram bin) across the activation range
+        (:mod:`hvrt_dask.sae.range_examples`); 0 disables them.
+    seed : int
+        The extraction's seed (keys the range examples' hash).
     """
 
     store: str
@@ -41,6 +46,8 @@ class RunSpec:
     nonfinite: str
     partials_dir: str
     out: str
+    range_m: int = 0
+    seed: int = 0
 
     @property
     def window(self) -> int:

@@ -1,9 +1,8 @@
-"""Tiny extraction outputs for the site tests (real extraction on dyadic data, plus range examples).
+"""Tiny extraction outputs for the site tests (real extraction on dyadic data, with range examples).
 
-:func:`add_range_examples` writes the range-example variables an extraction with
-``hvrt_dask.sae.range_examples`` will write (names and layout of docs/site.md), computed
-here from the dense latents and the store's tokens, so the site can be tested on them before
-the extraction writes them itself.
+:func:`expected_range_examples` computes the range-example variables (names and layout of
+docs/site.md) from the dense latents and the store's tokens; :func:`tiny_output` checks the
+extraction's own against them.
 """
 
 from __future__ import annotations
@@ -24,15 +23,20 @@ def tiny_output(root, *, d_sae=16, n=30, seq=10, top_k=4, prefix=2, suffix=3, vo
     if tokenizer is not None:
         zarr.open_group(root / "store", mode="r+").attrs["tokenizer"] = str(tokenizer)
     tensors, cfg = make_sae(root / "sae", d_in=12, d_sae=d_sae)
-    r = extract_features(root / "store", root / "sae", root / "out", top_k=top_k, prefix=prefix, suffix=suffix, progress=False)
-    if range_m:
+    r = extract_features(root / "store", root / "sae", root / "out", top_k=top_k, prefix=prefix, suffix=suffix,
+                         range_examples=range_m or 0, seed=0, progress=False)
+    if range_m:  # the extraction wrote them: check them against the dense reference
         z = dense_latents(acts, tensors, cfg).astype(np.float32)
-        add_range_examples(r.path, z, tokens, mask, range_m)
+        z[~mask] = 0
+        ds = xr.open_zarr(r.path)
+        for name, want in expected_range_examples(r.path, z, tokens, mask, range_m).items():
+            np.testing.assert_array_equal(ds[name].values, want, err_msg=name)
     return r.path
 
 
-def add_range_examples(out, z, tokens, mask, m, seed=0):
-    """Write ``range_*`` variables (feature, bin, range_slot[, window]) into a finished output."""
+def expected_range_examples(out, z, tokens, mask, m, seed=0):
+    """The range-example variables (feature, bin, range_slot[, window]) an extraction must write,
+    computed here from the dense latents and the store's tokens."""
     ds = xr.open_zarr(out)
     edges = ds.bin_upper.values[:-1].astype(np.float32)
     offs = ds.window_offset.values
@@ -49,19 +53,7 @@ def add_range_examples(out, z, tokens, mask, m, seed=0):
     wt = np.where(inside, tokens[ss, qq], -1).astype(np.int32)
     f = np.arange(z.shape[2])[:, None, None, None]
     wa = np.where(inside & mask[ss, qq], z[ss, qq, f], np.nan).astype(np.float32)
-    dims = ("feature", "bin", "range_slot")
-    extra = xr.Dataset({
-        "range_sample": (dims, fin["range_sample"]), "range_value": (dims, fin["range_value"]),
-        "range_position": (dims, fin["range_position"]),
-        "range_window_tokens": (dims + ("window",), wt), "range_window_acts": (dims + ("window",), wa),
-    })
-    attrs = dict(zarr.open_group(out, mode="r").attrs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # partials/ is not a Zarr node; consolidated metadata
-        extra.to_zarr(out, mode="a", consolidated=False, zarr_format=3)
-        zarr.open_group(out, mode="r+").attrs.update(attrs)  # appending must keep the completion marker
-        zarr.consolidate_metadata(out)
-    return fin
+    return {**fin, "range_window_tokens": wt, "range_window_acts": wa}
 
 
 def set_attrs(out, **attrs):
