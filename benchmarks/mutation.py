@@ -8,7 +8,7 @@ only the tests that reach it.
 Statuses: *killed* (a test failed), *timeout* (the mutant made a test hang: detected),
 *survived* (every test passed: a missing test, or an equivalent mutant), *no tests* (no
 selected test reaches the function in-process; code that only runs inside dask worker
-processes is not traced). Score = (killed + timeout) / (mutants − no tests).
+processes is not traced). Score = (killed + timeout) / (mutants − no tests − not checked).
 """
 
 from __future__ import annotations
@@ -62,13 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--report-only", action="store_true", help="summarise the last run, do not run")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="stop the run after this many minutes (unchecked mutants are reported as such)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if not args.report_only:
         # mutmut runs the tests from its mutants/ copy: the copy must win over the editable install
         env = {**os.environ, "PYTHONPATH": ""}
-        subprocess.run(MUTMUT + ["run", "--max-children", str(args.max_children)], check=False, env=env,
-                       stdout=subprocess.DEVNULL)
+        try:
+            subprocess.run(MUTMUT + ["run", "--max-children", str(args.max_children)], check=False, env=env,
+                           stdout=subprocess.DEVNULL,
+                           timeout=None if args.time_limit is None else 60 * args.time_limit)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["pkill", "-f", "mutmut"], check=False)
     wall = time.perf_counter() - t0
     st = _statuses()
     per = collections.defaultdict(collections.Counter)
@@ -80,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         c = per[mod]
         tot.update(c)
         n = sum(c.values())
-        reached = n - c["no tests"]
+        reached = n - c["no tests"] - c["not checked"]
         score = (c["killed"] + c["timeout"]) / reached if reached else float("nan")
         rows.append(f"| `{mod}` | {n} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no tests']} "
-                    f"| {100 * score:.1f} % |")
+                    f"| {c['not checked']} | {100 * score:.1f} % |")
     survivors = [n for n, s in st.items() if s == "survived"]
     lines = [
         "# Mutation testing (mutmut)",
@@ -92,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         + (", report only" if args.report_only else f", {args.max_children} parallel children") + ").",
         "Configuration: `[tool.mutmut]` in `pyproject.toml` (modules and the test files that may kill them).",
         "",
-        "| module | mutants | killed | timeout | survived | no tests | score |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | killed | timeout | survived | no tests | not checked | score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        "Score = (killed + timeout) / (mutants − no tests). *No tests*: no selected test reaches the function",
-        "in the test process (worker-only code is not traced by mutmut).",
+        "Score = (killed + timeout) / (mutants − no tests − not checked). *No tests*: no selected test reaches",
+        "the function in the test process (worker-only code is not traced by mutmut). *Not checked*: the run",
+        "stopped (``--time-limit``) before mutmut reached them.",
         "",
         f"## Survivors ({len(survivors)})",
         "",
