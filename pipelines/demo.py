@@ -30,8 +30,8 @@ def demo_config(out: str, dataset: str, n_workers: int, seed: int, n_expand: int
     raw = {
         "run": {"dir": out, "seed": seed},
         "cluster": {"profile": "local", "n_workers": n_workers, "threads_per_worker": 1},
-        "expand": {"data": f"sklearn:{dataset}", "n": n_expand, "out": os.path.join(out, "expanded.zarr")},
-        "reduce": {"data": f"sklearn:{dataset}", "ratio": ratio, "out": os.path.join(out, "reduced.zarr")},
+        "expand": {"data": f"sklearn:{dataset}", "n": n_expand, "out": "expanded.zarr"},
+        "reduce": {"data": f"sklearn:{dataset}", "ratio": ratio, "out": "reduced.zarr"},
     }
     return from_dict(raw, source="<demo>")
 
