@@ -12,10 +12,11 @@ from hvrt_dask.hvrt import read_output
 from pipelines.demo import run_demo
 
 
-def test_demo_writes_complete_outputs_in_its_directory(tmp_path, client):
+def test_demo_writes_complete_outputs_in_its_directory(tmp_path, client, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `make demo` passes a relative --out
     out = tmp_path / "demo_output"
     lines = []
-    reports = run_demo(str(out), dataset="load_wine", n_expand=300, ratio=0.2, echo=lines.append, client=client)
+    reports = run_demo("demo_output", dataset="load_wine", n_expand=300, ratio=0.2, echo=lines.append, client=client)
     real = load_wine(as_frame=True).data
     synth = read_output(out / "expanded.zarr")  # inside the run directory, not nested twice
     reduced = read_output(out / "reduced.zarr")
