@@ -492,7 +492,10 @@ def sweep_one(workdir: str, d_sae: int, variant: str, range_m: int | None = None
     res = {"range_m": range_m, "range_examples": n_range, "d_sae": d_sae, "variant": variant, "wall": wall, "client": client_peak, "worker": worker,
            "worker_start": max(base.values()), "disk": t["output_disk_bytes"], "examples": n_ex,
            "first": t["first_pass_s"], "second": t["second_pass_s"]}
-    shutil.rmtree(out)
+    from hvrt_dask import ownership
+    from hvrt_dask.sae.output import KIND
+
+    ownership.clear(out, KIND)  # the extraction output this run wrote (refuses anything else)
     return res
 
 
