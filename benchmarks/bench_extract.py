@@ -512,9 +512,19 @@ def _child(args_list: list[str]) -> dict | None:
     return json.loads(lines[-1]) if lines else {}
 
 
+def _clear_sae(path: str) -> None:
+    """Remove an SAE directory this benchmark saved (``save_sae`` marks it; anything else is refused)."""
+    from hvrt_dask import ownership
+    from hvrt_dask.sae.weights import KIND
+
+    if os.path.lexists(path):
+        ownership.clear(path, KIND)
+
+
 def _disk_write_mib_s(workdir: str, mib: int = 512) -> float:
     """Sequential write rate of the work directory's disk (fsync'd), for the dense run's context."""
-    fn = os.path.join(workdir, "ddtest")
+    fd, fn = tempfile.mkstemp(prefix=".ddtest-", dir=workdir)  # a fresh name: never a user's file
+    os.close(fd)
     buf = os.urandom(1 << 20)
     t0 = time.perf_counter()
     with open(fn, "wb") as f:
@@ -539,7 +549,7 @@ def width_sweep(args) -> str:
             continue
         r = _child(["--_sweep-one", workdir, str(d), v])
         rows.append(r if r else {"d_sae": d, "variant": v, "failed": True})
-        shutil.rmtree(os.path.join(workdir, f"sae-{d}-{v}"), ignore_errors=True)
+        _clear_sae(os.path.join(workdir, f"sae-{d}-{v}"))
     disk = _disk_write_mib_s(workdir)
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
