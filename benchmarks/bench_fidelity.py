@@ -1,7 +1,8 @@
 """Fidelity on mixed-type tables: hvrt_dask (every strategy, and the default) vs ``hvrt==2.11.0``.
 
-Tables with integer, binary, categorical, constant and zero-inflated columns: three bundled
-scikit-learn datasets (diabetes unscaled, wine, digits) and two generated ones. Each side is
+Tables with integer, binary, categorical, constant and zero-inflated columns: five bundled
+scikit-learn datasets (diabetes unscaled, wine, digits, breast_cancer — the demo's table: 30
+strongly correlated continuous columns, 569 rows — and iris) and two generated ones. Each side is
 fitted with ``random_state=0`` on the same rows and expanded to 5× the table's rows
 (``EXPANSION``). ``hvrt_dask`` gets the DataFrame as it is (``feature_types="auto"``); the peer gets the
 numeric codes and ``feature_types`` "categorical" for label/bool columns, "continuous" for
@@ -37,12 +38,14 @@ EXPANSION = 5
 
 # ------------------------------------------------------------------------------- tables
 def _sklearn_tables() -> dict[str, pd.DataFrame]:
-    from sklearn.datasets import load_diabetes, load_digits, load_wine
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, load_wine
 
     diabetes = load_diabetes(scaled=False, as_frame=True).frame  # integer age, binary sex
     wine = load_wine(as_frame=True).frame  # integer magnesium / proline, class label
     digits = load_digits(as_frame=True).frame  # 0..16 pixels, zero-inflated, constant columns
-    return {"diabetes": diabetes, "wine": wine, "digits": digits}
+    breast_cancer = load_breast_cancer(as_frame=True).data  # d = 30 correlated, heavy-tailed (the demo's table)
+    iris = load_iris(as_frame=True).frame  # 0.1-grid measurements (values with large shares), class label
+    return {"diabetes": diabetes, "wine": wine, "digits": digits, "breast_cancer": breast_cancer, "iris": iris}
 
 
 def _generated_tables(seed: int = 0) -> dict[str, pd.DataFrame]:
