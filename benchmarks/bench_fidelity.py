@@ -79,16 +79,18 @@ def _generated_tables(seed: int = 0) -> dict[str, pd.DataFrame]:
 
 
 # ------------------------------------------------------------------------------- peer side
-def _label_cols(df: pd.DataFrame) -> list[str]:
+def label_cols(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns
             if isinstance(df[c].dtype, pd.CategoricalDtype) or df[c].dtype == bool or df[c].dtype == object
             or pd.api.types.is_string_dtype(df[c].dtype)]
 
 
-def _peer_expand(df: pd.DataFrame, n: int) -> pd.DataFrame:
+def peer_expand(df: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` rows from ``hvrt==2.11.0`` fitted on ``df`` as a peer user would (label columns
+    as categorical codes, constants set aside), decoded back to ``df``'s labels and dtypes."""
     import hvrt
 
-    labels = _label_cols(df)
+    labels = label_cols(df)
     codes, cats = {}, {}
     for c in df.columns:
         if c in labels:
@@ -127,7 +129,7 @@ def _ours_expand(df: pd.DataFrame, n: int, strategy: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------- metrics
 def _range_violation(real: pd.DataFrame, synth: pd.DataFrame) -> float:
-    num = [c for c in real.columns if c not in _label_cols(real)]
+    num = [c for c in real.columns if c not in label_cols(real)]
     if not num:
         return 0.0
     R = real[num].to_numpy(float)
@@ -138,7 +140,7 @@ def _range_violation(real: pd.DataFrame, synth: pd.DataFrame) -> float:
 def _atom_error_pp(real: pd.DataFrame, synth: pd.DataFrame) -> float:
     worst = 0.0
     for c in real.columns:
-        if c in _label_cols(real):
+        if c in label_cols(real):
             continue
         r = real[c].to_numpy(float)
         vals, counts = np.unique(r, return_counts=True)
@@ -168,7 +170,7 @@ def run(strategies: list[str]) -> tuple[list[dict], dict]:
     for name, df in tables.items():
         n = EXPANSION * len(df)
         t0 = time.perf_counter()
-        rows.append({"table": name, "side": "hvrt 2.11.0", "strategy": "default", **evaluate(df, _peer_expand(df, n)),
+        rows.append({"table": name, "side": "hvrt 2.11.0", "strategy": "default", **evaluate(df, peer_expand(df, n)),
                      "s": time.perf_counter() - t0})
         for strat in strategies:
             t0 = time.perf_counter()
