@@ -36,11 +36,13 @@ Parameters (``strategy_params``)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hvrt_dask._threads import limit_threads
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt.generation import _common as C
 from hvrt_dask.hvrt.generation.base import GENERATION_STRATEGIES
@@ -48,10 +50,14 @@ from hvrt_dask.hvrt.generation.base import GENERATION_STRATEGIES
 
 def kernel_stds(Z: np.ndarray, parts: ChunkPartitions) -> np.ndarray:
     """Per-partition population std, shape (P, d), floored; tiny partitions shrunk."""
-    stds = C.partition_stds(Z, parts)
-    tiny = parts.sizes <= Z.shape[1]
+    return _floored(C.partition_stds(Z, parts), parts.sizes)
+
+
+def _floored(stds: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    stds = stds.copy()
+    tiny = sizes <= stds.shape[1]
     if tiny.any():
-        stds[tiny] = C.shrunk_stds(stds[tiny], parts.sizes[tiny])
+        stds[tiny] = C.shrunk_stds(stds[tiny], sizes[tiny])
     return np.maximum(stds, C.STD_FLOOR)
 
 
@@ -79,7 +85,8 @@ class KernelContext:
             eps *= self.scale[i]
             return eps
 
-        Z, base = C.kernel_sample(self.Z, self.parts.starts, self.parts.sizes, budgets, rngs, noise)
+        with limit_threads(1) if self.chol is not None else nullcontext():  # small products: see covariance_kernel
+            Z, base = C.kernel_sample(self.Z, self.parts.starts, self.parts.sizes, budgets, rngs, noise)
         if self.shrink is not None:
             lab = np.repeat(np.arange(len(budgets)), np.asarray(budgets, dtype=np.int64))
             mu = self.mean[lab]
@@ -100,21 +107,38 @@ def effective_dimension(S: np.ndarray) -> np.ndarray:
     return np.where(ok, tr**2 / np.where(ok, tr2, 1.0), 1.0)
 
 
-def covariance_kernel(Xz: np.ndarray, parts: ChunkPartitions, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Cholesky factors of ``h_p² S_p`` (the ``shape="covariance"`` kernel) and its per-feature stds.
+@dataclass(frozen=True)
+class CovarianceKernel:
+    """The ``shape="covariance"`` kernel of one chunk (see :func:`covariance_kernel`)."""
 
-    ``S_p`` is the partition covariance shrunk towards ``diag(s²_pj)`` (:func:`kernel_stds`)
-    by ``α_p = d / (n_p + d)``; ``h_p = scale · n_p^(−1/(d_eff,p + 4))``. Returns ``(chol,
-    sd)`` with ``chol`` of shape ``(P, d, d)`` and ``sd = h_p·sqrt(diag S_p)`` of shape ``(P, d)``.
+    chol: np.ndarray  # (P, d, d): Cholesky factors of h_p² S_p
+    sd: np.ndarray  # (P, d): the kernel's per-feature std scale, h_p·sqrt(diag S_p)
+    means: np.ndarray  # (P, d)
+    stds: np.ndarray  # (P, d): population stds (not floored)
+
+
+def covariance_kernel(Xz: np.ndarray, parts: ChunkPartitions, scale: float) -> CovarianceKernel:
+    """Cholesky factors of ``h_p² S_p``, the ``shape="covariance"`` kernel.
+
+    ``S_p`` is the partition covariance shrunk towards ``diag(s²_pj)`` (``s_pj`` the floored
+    per-feature stds of :func:`kernel_stds`) by ``α_p = d / (n_p + d)``;
+    ``h_p = scale · n_p^(−1/(d_eff,p + 4))`` (:func:`effective_dimension`).
     """
-    d = Xz.shape[1]
+    P, d = parts.n_parts, Xz.shape[1]
     n = np.maximum(parts.sizes, 1).astype(np.float64)
-    cov = C.partition_covariances(Xz, parts, ddof=0)
-    diag = kernel_stds(Xz, parts) ** 2
+    means = C.partition_means(Xz, parts)
+    cov = np.zeros((P, d, d))
+    # One small single-threaded product per partition: a multi-threaded BLAS call on a
+    # (n_p, d) block costs more in thread wake-ups than the arithmetic (measured 40× at d = 10).
+    with limit_threads(1):
+        for i, sl in enumerate(parts.slices()):
+            Xc = Xz[sl] - means[i]
+            cov[i] = (Xc.T @ Xc) / n[i]
+    stds = np.sqrt(np.maximum(np.einsum("pii->pi", cov), 0.0))
     alpha = (d / (n + d))[:, None, None]
     S = (1.0 - alpha) * cov
     idx = np.arange(d)
-    S[:, idx, idx] += alpha[:, :, 0] * diag
+    S[:, idx, idx] += alpha[:, :, 0] * _floored(stds, parts.sizes) ** 2
     h = scale * np.power(n, -1.0 / (effective_dimension(S) + 4.0))
     K = S * (h**2)[:, None, None]
     chol, ok = C.safe_cholesky(K)
@@ -123,7 +147,7 @@ def covariance_kernel(Xz: np.ndarray, parts: ChunkPartitions, scale: float) -> t
         bad = np.flatnonzero(~ok)
         chol[bad] = 0.0
         chol[bad[:, None], idx, idx] = sd[bad]
-    return chol, sd
+    return CovarianceKernel(chol, sd, means, stds)
 
 
 def _shape(params: Mapping[str, Any]) -> str:
@@ -147,20 +171,21 @@ class EpanechnikovStrategy:
 
     def prepare(self, Xz: np.ndarray, parts: ChunkPartitions, params: Mapping[str, Any]) -> KernelContext:
         C.reject_unknown_params(self.name, params, {"bandwidth_scale", "variance_preserving", "shape"})
-        chol = None
+        vp = params.get("variance_preserving", False)
         if _shape(params) == "covariance":
-            chol, scale = covariance_kernel(Xz, parts, _scale(params))
+            k = covariance_kernel(Xz, parts, _scale(params))
+            chol, scale, means, raw = k.chol, k.sd, k.means, k.stds
         else:
             h = C.scott_factor(np.maximum(parts.sizes, 1), Xz.shape[1]) * _scale(params)
-            scale = h[:, None] * kernel_stds(Xz, parts)
-        if not params.get("variance_preserving", False):
+            scale, chol = h[:, None] * kernel_stds(Xz, parts), None
+            means, raw = (C.partition_means(Xz, parts), C.partition_stds(Xz, parts)) if vp else (None, None)
+        if not vp:
             return KernelContext(Xz, parts, scale, chol=chol)
         # Smoothed bootstrap with shrinkage: the kernel adds variance (scale²/5 per feature,
         # the Epanechnikov unit has variance 1/5); shrinking towards the partition mean by
         # sqrt(σ² / (σ² + scale²/5)) gives back each partition's own variance.
-        raw = C.partition_stds(Xz, parts)
         shrink = np.sqrt(raw**2 / np.maximum(raw**2 + scale**2 / 5.0, 1e-300))
-        return KernelContext(Xz, parts, scale, C.partition_means(Xz, parts), np.where(raw > 0, shrink, 1.0), chol)
+        return KernelContext(Xz, parts, scale, means, np.where(raw > 0, shrink, 1.0), chol)
 
     def generate(self, context, budgets, rngs):
         return context.sample(budgets, rngs, C.epanechnikov_unit)
