@@ -178,8 +178,12 @@ def run(strategies: list[str]) -> tuple[list[dict], dict]:
             rows.append({"table": name, "side": "hvrt_dask", "strategy": strat, **evaluate(df, synth),
                          "s": time.perf_counter() - t0})
         print(f"{name}: {n} rows × {df.shape[1]} columns done", flush=True)
-    kinds = {name: dict(pd.Series(HVRT(random_state=0).fit(df).column_types_.kinds).value_counts())
-             for name, df in tables.items()}
+    from hvrt_dask.hvrt.expand import atom_widening
+
+    kinds = {}
+    for name, df in tables.items():
+        m = HVRT(random_state=0).fit(df)
+        kinds[name] = (dict(pd.Series(m.column_types_.kinds).value_counts()), atom_widening(m))
     return rows, kinds
 
 
@@ -230,14 +234,16 @@ def main() -> None:
         return
     from hvrt_dask.hvrt.expand import default_strategy
 
-    kind_lines = "\n".join(f"- {t}: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())) for t, c in kinds.items())
+    kind_lines = "\n".join(f"- {t}: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+                           + f"; the default's atom widening ×{w:.2f}" for t, (c, w) in kinds.items())
     text = f"""# Fidelity on mixed-type tables: hvrt_dask vs hvrt==2.11.0
 
 Run: `python -m benchmarks.bench_fidelity`
 
 {__doc__.split(chr(10) + chr(10), 1)[1].split("Usage:")[0].strip()}
 
-The default strategy of `hvrt_dask` is `{default_strategy()[0].name}` with `{default_strategy()[1]}` (`generation_strategy=None`/`'auto'`).
+The default strategy of `hvrt_dask` is `{default_strategy()[0].name}` with `{default_strategy()[1]}` (`generation_strategy=None`/`'auto'`),
+`bandwidth_scale` multiplied per table by the atom widening (docs/generation-strategies.md).
 Column kinds `feature_types="auto"` found:
 
 {kind_lines}

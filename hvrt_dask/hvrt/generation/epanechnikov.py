@@ -165,7 +165,7 @@ def _scale(params: Mapping[str, Any]) -> float:
 
 
 class EpanechnikovStrategy:
-    """Product Epanechnikov kernel, Scott bandwidth per partition (see module docstring)."""
+    """Epanechnikov kernel (product or covariance-shaped), Scott bandwidth per partition (see module docstring)."""
 
     name = "epanechnikov"
 
