@@ -73,7 +73,7 @@ PEER_MARGINAL_EXEMPT = {"iris"}
 # ROWS_FOR_AUC (at least 3 calls): one draw's AUC spreads by ~0.03 on a 150-row table, more
 # than the 0.02 tolerance.
 # Borderline: on "mixed" the default's mean gap is close to multivariate_kde's + 0.02 (draws
-# 2-4 of a model, as here: within; draws 1-3: 0.034 vs 0.013). Said in the session report.
+# 2-4 of a model, as here: within; draws 1-3: 0.034 vs 0.013, outside).
 ROWS_FOR_AUC = 1500
 
 
