@@ -1,7 +1,8 @@
 """Fidelity on mixed-type tables: hvrt_dask (every strategy, and the default) vs ``hvrt==2.11.0``.
 
-Tables with integer, binary, categorical, constant and zero-inflated columns: three bundled
-scikit-learn datasets (diabetes unscaled, wine, digits) and two generated ones. Each side is
+Tables with integer, binary, categorical, constant and zero-inflated columns: five bundled
+scikit-learn datasets (diabetes unscaled, wine, digits, breast_cancer — the demo's table: 30
+strongly correlated continuous columns, 569 rows — and iris) and two generated ones. Each side is
 fitted with ``random_state=0`` on the same rows and expanded to 5× the table's rows
 (``EXPANSION``). ``hvrt_dask`` gets the DataFrame as it is (``feature_types="auto"``); the peer gets the
 numeric codes and ``feature_types`` "categorical" for label/bool columns, "continuous" for
@@ -37,12 +38,14 @@ EXPANSION = 5
 
 # ------------------------------------------------------------------------------- tables
 def _sklearn_tables() -> dict[str, pd.DataFrame]:
-    from sklearn.datasets import load_diabetes, load_digits, load_wine
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, load_wine
 
     diabetes = load_diabetes(scaled=False, as_frame=True).frame  # integer age, binary sex
     wine = load_wine(as_frame=True).frame  # integer magnesium / proline, class label
     digits = load_digits(as_frame=True).frame  # 0..16 pixels, zero-inflated, constant columns
-    return {"diabetes": diabetes, "wine": wine, "digits": digits}
+    breast_cancer = load_breast_cancer(as_frame=True).data  # d = 30 correlated, heavy-tailed (the demo's table)
+    iris = load_iris(as_frame=True).frame  # 0.1-grid measurements (values with large shares), class label
+    return {"diabetes": diabetes, "wine": wine, "digits": digits, "breast_cancer": breast_cancer, "iris": iris}
 
 
 def _generated_tables(seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -76,16 +79,18 @@ def _generated_tables(seed: int = 0) -> dict[str, pd.DataFrame]:
 
 
 # ------------------------------------------------------------------------------- peer side
-def _label_cols(df: pd.DataFrame) -> list[str]:
+def label_cols(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns
             if isinstance(df[c].dtype, pd.CategoricalDtype) or df[c].dtype == bool or df[c].dtype == object
             or pd.api.types.is_string_dtype(df[c].dtype)]
 
 
-def _peer_expand(df: pd.DataFrame, n: int) -> pd.DataFrame:
+def peer_expand(df: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` rows from ``hvrt==2.11.0`` fitted on ``df`` as a peer user would (label columns
+    as categorical codes, constants set aside), decoded back to ``df``'s labels and dtypes."""
     import hvrt
 
-    labels = _label_cols(df)
+    labels = label_cols(df)
     codes, cats = {}, {}
     for c in df.columns:
         if c in labels:
@@ -124,7 +129,7 @@ def _ours_expand(df: pd.DataFrame, n: int, strategy: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------- metrics
 def _range_violation(real: pd.DataFrame, synth: pd.DataFrame) -> float:
-    num = [c for c in real.columns if c not in _label_cols(real)]
+    num = [c for c in real.columns if c not in label_cols(real)]
     if not num:
         return 0.0
     R = real[num].to_numpy(float)
@@ -135,7 +140,7 @@ def _range_violation(real: pd.DataFrame, synth: pd.DataFrame) -> float:
 def _atom_error_pp(real: pd.DataFrame, synth: pd.DataFrame) -> float:
     worst = 0.0
     for c in real.columns:
-        if c in _label_cols(real):
+        if c in label_cols(real):
             continue
         r = real[c].to_numpy(float)
         vals, counts = np.unique(r, return_counts=True)
@@ -165,7 +170,7 @@ def run(strategies: list[str]) -> tuple[list[dict], dict]:
     for name, df in tables.items():
         n = EXPANSION * len(df)
         t0 = time.perf_counter()
-        rows.append({"table": name, "side": "hvrt 2.11.0", "strategy": "default", **evaluate(df, _peer_expand(df, n)),
+        rows.append({"table": name, "side": "hvrt 2.11.0", "strategy": "default", **evaluate(df, peer_expand(df, n)),
                      "s": time.perf_counter() - t0})
         for strat in strategies:
             t0 = time.perf_counter()
@@ -173,8 +178,12 @@ def run(strategies: list[str]) -> tuple[list[dict], dict]:
             rows.append({"table": name, "side": "hvrt_dask", "strategy": strat, **evaluate(df, synth),
                          "s": time.perf_counter() - t0})
         print(f"{name}: {n} rows × {df.shape[1]} columns done", flush=True)
-    kinds = {name: dict(pd.Series(HVRT(random_state=0).fit(df).column_types_.kinds).value_counts())
-             for name, df in tables.items()}
+    from hvrt_dask.hvrt.expand import atom_widening
+
+    kinds = {}
+    for name, df in tables.items():
+        m = HVRT(random_state=0).fit(df)
+        kinds[name] = (dict(pd.Series(m.column_types_.kinds).value_counts()), atom_widening(m))
     return rows, kinds
 
 
@@ -225,14 +234,16 @@ def main() -> None:
         return
     from hvrt_dask.hvrt.expand import default_strategy
 
-    kind_lines = "\n".join(f"- {t}: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())) for t, c in kinds.items())
+    kind_lines = "\n".join(f"- {t}: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+                           + f"; the default's atom widening ×{w:.2f}" for t, (c, w) in kinds.items())
     text = f"""# Fidelity on mixed-type tables: hvrt_dask vs hvrt==2.11.0
 
 Run: `python -m benchmarks.bench_fidelity`
 
 {__doc__.split(chr(10) + chr(10), 1)[1].split("Usage:")[0].strip()}
 
-The default strategy of `hvrt_dask` is `{default_strategy()[0].name}` with `{default_strategy()[1]}` (`generation_strategy=None`/`'auto'`).
+The default strategy of `hvrt_dask` is `{default_strategy()[0].name}` with `{default_strategy()[1]}` (`generation_strategy=None`/`'auto'`),
+`bandwidth_scale` multiplied per table by the atom widening (docs/generation-strategies.md).
 Column kinds `feature_types="auto"` found:
 
 {kind_lines}

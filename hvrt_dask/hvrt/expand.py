@@ -74,6 +74,46 @@ def default_strategy() -> tuple[Any, dict[str, Any]]:
     return get_generation_strategy(default_strategy_name()), dict(config.get("expand.default-params", None) or {})
 
 
+def atom_cell_share(model: Any) -> float:
+    """Share of the generated (z-space) cells of the training data that hold an atom.
+
+    The mean over generated columns of the column's total atom share (``column_types_.shares``,
+    fit summaries). 0 when the model has no atoms.
+    """
+    types = getattr(model, "column_types_", None)
+    if types is None or not len(types.generated):
+        return 0.0
+    return float(sum(float(np.sum(v)) for v in types.shares.values()) / len(types.generated))
+
+
+def atom_widening(model: Any) -> float:
+    """Factor by which the default widens its bandwidth for the model's atoms.
+
+    A synthetic value whose base row holds an atom *is* that atom (the atom's share is kept,
+    :mod:`hvrt_dask.hvrt._columns`), so on those cells the row repeats its base row and the
+    kernel's displacement comes only from the other cells. With a share ``a`` of atom cells,
+    ``1 / sqrt(1 − a)`` restores the expected squared displacement the bandwidth rule gives;
+    capped at ``hvrt.expand.atom-widening-max`` (null: no widening), because atoms that are
+    constant inside a partition get no kernel noise anyway, so the global share overstates
+    what is lost when atoms dominate a table.
+    """
+    cap = config.get("expand.atom-widening-max", None)
+    if cap is None:
+        return 1.0
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not cap >= 1:
+        raise ValueError(f"hvrt.expand.atom-widening-max must be a number >= 1 or null, got {cap!r}")
+    a = atom_cell_share(model)
+    return float(cap) if a >= 1.0 else float(min(1.0 / np.sqrt(1.0 - a), cap))
+
+
+def default_params(model: Any) -> dict[str, Any]:
+    """``hvrt.expand.default-params`` for ``model``, ``bandwidth_scale`` widened for its atoms."""
+    params = default_strategy()[1]
+    if "bandwidth_scale" in params:
+        params["bandwidth_scale"] = float(params["bandwidth_scale"]) * atom_widening(model)
+    return params
+
+
 def resolve_strategy(
     model: Any,
     generation_strategy: Any = None,
@@ -87,11 +127,13 @@ def resolve_strategy(
     numeric / ``'scott'`` / ``'silverman'`` bandwidth (the argument, or the constructor's
     when not ``'auto'``) or ``adaptive_bandwidth=True`` (→ ``'scott'``) selects
     ``gaussian_kde``; else the default, ``hvrt.expand.default-strategy`` with
-    ``hvrt.expand.default-params`` (``strategy_params`` override them): a variance-preserving
-    Epanechnikov kernel at 1.75× Scott's bandwidth, chosen because it does not copy rows
-    (DCR ratio ≥ 0.5) and keeps the discriminator AUC lowest among the non-copying
-    strategies (``benchmarks/results/fidelity.md``). The peer's ≤2.11 ``'auto'`` rule
-    (Gaussian KDE at h = 0.1 on large partitions) emitted near-copies and is not used.
+    ``hvrt.expand.default-params`` (:func:`default_params`; ``strategy_params`` override
+    them): a variance-preserving, covariance-shaped Epanechnikov kernel at 1.5× Scott's
+    factor on each partition's effective dimension, widened by :func:`atom_widening` for
+    tables with atoms. Chosen because it does not copy rows (DCR ratio ≥ 0.5) and keeps the
+    discriminator AUC near 0.5 on every table of ``benchmarks/results/fidelity.md``
+    (docs/generation-strategies.md says why). The peer's ≤2.11 ``'auto'`` rule (Gaussian
+    KDE at h = 0.1 on large partitions) emitted near-copies and is not used.
     """
     extra = dict(strategy_params or {})
     if generation_strategy is not None and not (isinstance(generation_strategy, str) and generation_strategy == "auto"):
@@ -111,8 +153,7 @@ def resolve_strategy(
     if bw is not None:
         params = {**extra, "bandwidth": check_bandwidth(bw), "adaptive": bool(adaptive_bandwidth)}
         return GENERATION_STRATEGIES.get("gaussian_kde"), params
-    strat, params = default_strategy()
-    return strat, {**params, **extra}
+    return default_strategy()[0], {**default_params(model), **extra}
 
 
 @dataclass(frozen=True)

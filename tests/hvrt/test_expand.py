@@ -248,13 +248,36 @@ def test_auto_strategy_rule():
     X = np.random.default_rng(11).standard_normal((3000, 4))
     m = HVRT().fit(X)
     s, params = resolve_strategy(m)  # the configured default, whatever the partition sizes
-    assert s.name == "epanechnikov" and params == {"bandwidth_scale": 1.75, "variance_preserving": True}
+    assert s.name == "epanechnikov"
+    assert params == {"bandwidth_scale": 1.5, "variance_preserving": True, "shape": "covariance"}  # no atoms here
     assert resolve_strategy(m, generation_strategy="auto") == (s, params)
     s, params = resolve_strategy(m, bandwidth="silverman")
     assert s.name == "gaussian_kde" and params == {"bandwidth": "silverman", "adaptive": False}
     s, params = resolve_strategy(m, adaptive_bandwidth=True)
     assert params == {"bandwidth": "scott", "adaptive": True}
     assert resolve_strategy(m, generation_strategy="bootstrap_noise")[0].name == "bootstrap_noise"
+
+
+def _zero_inflated(zero_shares, n=3000, seed=12):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({f"c{j}": np.where(rng.random(n) < p, 0.0, rng.lognormal(size=n))
+                         for j, p in enumerate(zero_shares)})
+
+
+@pytest.mark.parametrize("zero_shares", [[0.4, 0.0, 0.0], [0.7, 0.7, 0.7], [0.0, 0.0, 0.0]])
+def test_default_bandwidth_widened_for_atoms(zero_shares):
+    X = _zero_inflated(zero_shares)
+    m = HVRT(random_state=0).fit(X)
+    a = float(np.mean([(X[c] == 0).mean() for c in X]))  # share of cells holding the atom 0
+    expected = 1.5 * min(1 / np.sqrt(1 - a), 1.5)
+    assert resolve_strategy(m)[1]["bandwidth_scale"] == pytest.approx(expected, rel=1e-12)
+    with dask.config.set({"hvrt.expand.atom-widening-max": None}):
+        assert resolve_strategy(m)[1]["bandwidth_scale"] == 1.5
+    # an explicit bandwidth_scale is the user's, not widened
+    assert resolve_strategy(m, strategy_params={"bandwidth_scale": 1.0})[1]["bandwidth_scale"] == 1.0
+    with dask.config.set({"hvrt.expand.atom-widening-max": 0.5}):
+        with pytest.raises(ValueError, match="atom-widening-max"):
+            resolve_strategy(m)
 
 
 def test_augment():
