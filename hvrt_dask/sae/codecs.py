@@ -17,12 +17,13 @@ def fast_codec():
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
-def window_codec():
-    """LZ4 (Blosc) without the byte shuffle, for the extraction output's example windows.
+def output_codec():
+    """LZ4 (Blosc) without the byte shuffle, for the extraction output's arrays.
 
-    A written window chunk is mostly fill (its features' empty ranks/bins): the shuffle pass
-    costs ~3x the time of the whole write on such data while saving ~10 % of its (small)
-    size (measured on a 68 MB mostly-NaN chunk: 34 vs 10 ms, 3.4 vs 3.7 MB).
+    A written chunk of the output is mostly fill (empty ranks, bins, dead features): the
+    shuffle pass costs ~3x the time of the whole write on such data while saving ~10 % of its
+    (small) size (measured on a 68 MB mostly-NaN window chunk: 34 vs 10 ms, 3.4 vs 3.7 MB);
+    Zarr's default zstd is slower still.
     """
     from zarr.codecs import BloscCodec
 

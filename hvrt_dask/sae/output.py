@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from hvrt_dask import ownership
-from hvrt_dask.sae.codecs import window_codec
+from hvrt_dask.sae.codecs import output_codec
 from hvrt_dask.sae.range_examples import SLOT_DIM
 from hvrt_dask.sae.stats import bin_bounds
 
@@ -71,8 +71,12 @@ def _jsonable(x: Any) -> Any:
 
 KIND = "sae.features"  # ownership kind of extraction outputs
 FORMAT = "hvrt_dask.sae_features/2"
-#: Output chunk along ``feature`` (at most; a divisor of the feature block so block writes align).
+#: Output chunk along ``feature`` of the window arrays (at most; a divisor of the feature block so
+#: block writes align): a written window chunk is mostly fill, so its bytes follow this.
 FEATURE_CHUNK = 1024
+#: Output chunk along ``feature`` of the other arrays (at most; a divisor of the feature block):
+#: small per feature, so fewer, larger chunk files (a chunk file costs ~1 ms to create here).
+WIDE_FEATURE_CHUNK = 16384
 #: Chunk of the window arrays along ``rank``: ranks beyond a chunk's last example stay unwritten fill,
 #: so the window arrays' bytes on disk follow the examples found, not ``d_sae x top_k``.
 RANK_CHUNK = 8
@@ -91,20 +95,21 @@ class NonFiniteStatisticError(ValueError):
     """A feature's statistic overflowed to inf (message names the feature); nothing is written for it."""
 
 
-def feature_chunk(feature_block: int) -> int:
+def feature_chunk(feature_block: int, cap: int = FEATURE_CHUNK) -> int:
     """The output's chunk along ``feature``: the largest divisor of ``feature_block`` up to
-    :data:`FEATURE_CHUNK`, so that every block's region write covers whole chunks."""
+    ``cap`` (a power of two), so that every block's region write covers whole chunks."""
     import math
 
-    return math.gcd(int(feature_block), FEATURE_CHUNK) if feature_block % FEATURE_CHUNK else FEATURE_CHUNK
+    return math.gcd(int(feature_block), cap) if feature_block % cap else cap
 
 
 def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int, edges: np.ndarray,
                   feature_block: int, range_m: int = 0) -> None:
     """Create the output's arrays (metadata only; the small coordinates are written here).
 
-    Every array is chunked along ``feature`` by :func:`feature_chunk`, so the workers' block
-    writes (:func:`write_block`) never share a chunk. Fill values are the empty-slot values
+    Every array is chunked along ``feature`` by :func:`feature_chunk` (window arrays at most
+    :data:`FEATURE_CHUNK`, the others :data:`WIDE_FEATURE_CHUNK` features), so the workers' block
+    writes (:func:`write_block`, :func:`write_examples`) never share a chunk. Fill values are the empty-slot values
     (NaN, -1), so chunks that hold no example are never written.
     """
     import zarr
@@ -112,6 +117,7 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
     w = prefix + 1 + suffix
     n_bins = len(edges) + 1
     fc = min(feature_chunk(feature_block), d_sae)
+    wide = min(feature_chunk(feature_block, WIDE_FEATURE_CHUNK), d_sae)
     g = zarr.open_group(out, mode="a", zarr_format=3)
     lower, upper = bin_bounds(edges)
     F, FR, FRW = ("feature",), ("feature", "rank"), ("feature", "rank", "window")
@@ -125,14 +131,13 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
     }
     shape = {"feature": d_sae, "rank": top_k, "window": w, "bin": n_bins}
     for name, (dims, dtype, fill) in spec.items():
-        chunks = (fc,) + tuple(shape[d] for d in dims[1:])
-        kw = {}
+        chunks = (wide,) + tuple(shape[d] for d in dims[1:])
+        kw = {"compressors": (output_codec(),)}
         if name in SPARSE_ARRAYS:
             # written chunk by chunk, only chunks holding an example (write_examples): Zarr's
             # check for all-fill chunks (slow for NaN fill) would never find one
-            kw = {"config": {"write_empty_chunks": True}}
+            kw["config"] = {"write_empty_chunks": True}
         if name in WINDOW_ARRAYS:
-            kw["compressors"] = (window_codec(),)
             chunks = (fc, min(RANK_CHUNK, top_k), w)
         a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=chunks, chunk_key_encoding=CHUNK_KEYS,
                            dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True, **kw)
@@ -146,12 +151,11 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
                 ("range_window_acts", FBS + ("window",), "float32", np.nan)):
             windowed = len(dims) == 4
             # chunks span few bins: a feature fires in few bins, the other chunks stay unwritten fill
-            chunks = (fc, min(RANGE_BIN_CHUNK, n_bins), range_m, w) if windowed else (fc, n_bins, range_m)
+            chunks = (fc, min(RANGE_BIN_CHUNK, n_bins), range_m, w) if windowed else (wide, n_bins, range_m)
             a = g.create_array(name, shape=(d_sae, n_bins, range_m) + ((w,) if windowed else ()), chunks=chunks,
                                chunk_key_encoding=CHUNK_KEYS,
                                dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True,
-                               config={"write_empty_chunks": True},
-                               **({"compressors": (window_codec(),)} if windowed else {}))
+                               config={"write_empty_chunks": True}, compressors=(output_codec(),))
             a.attrs["coordinates"] = _COORDS
     for name, dim, values in (("rank", "rank", np.arange(top_k)), ("window_offset", "window", np.arange(-prefix, suffix + 1)),
                               ("bin_lower", "bin", lower), ("bin_upper", "bin", upper)):
