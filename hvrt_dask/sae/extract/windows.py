@@ -54,6 +54,13 @@ def gather_windows(run: RunSpec, chunk: Chunk, block: Block, features: np.ndarra
     e = len(feats)
     if e == 0:
         return {"slots": slots, "acts": np.full((0, w), np.nan, np.float32), "tokens": np.full((0, w), -1, np.int32)}
+    # a range example is usually also a top-k example (same feature, sample and position, hence
+    # the same window): each distinct window is computed once
+    uniq, inverse = np.unique(np.stack([feats, samples, pos]), axis=1, return_inverse=True)
+    if uniq.shape[1] < e:
+        out = gather_windows(run, chunk, block, uniq[0], uniq[1], uniq[2], np.arange(uniq.shape[1]), thresholds)
+        inverse = inverse.reshape(-1)
+        return {"slots": slots, "acts": out["acts"][inverse], "tokens": out["tokens"][inverse]}
     enc = get_encoder(run.sae_path, run.sae_hash, run.device, block.lo, block.hi)
     lo, hi = int(samples.min()), int(samples.max()) + 1  # only the samples holding examples
     acts, tokens, mask = read_samples(run.store, lo, hi)
