@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 import warnings
 from typing import Any
@@ -202,6 +203,18 @@ def write_block(out: str, lo: int, arrays: dict[str, np.ndarray]) -> int:
     return sum(a.nbytes for a in arrays.values())
 
 
+_LOCAL = threading.local()
+
+
+def _buffers() -> dict:
+    """This thread's chunk buffers of :func:`write_examples`, kept all fill between writes and
+    reused across blocks: a fresh multi-MB buffer per chunk costs its page faults every time
+    (measured: most of the write's own time). A handful of chunk shapes per run, so bounded."""
+    if not hasattr(_LOCAL, "buffers"):
+        _LOCAL.buffers = {}
+    return _LOCAL.buffers
+
+
 def write_examples(out: str, lo: int, width: int, names: tuple[str, ...], coords: tuple[np.ndarray, ...],
                    values: tuple[np.ndarray, ...]) -> int:
     """Write examples of one feature block into arrays chunked ``(feature, <dim 1>, <whole>...)``;
@@ -229,7 +242,7 @@ def write_examples(out: str, lo: int, width: int, names: tuple[str, ...], coords
     key = key[order]
     cuts = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
     nbytes = 0
-    buffers: dict = {}
+    buffers = _buffers()
     for r in range(len(cuts) - 1):
         ck = int(key[cuts[r]])
         sel = order[cuts[r] : cuts[r + 1]]
@@ -238,12 +251,15 @@ def write_examples(out: str, lo: int, width: int, names: tuple[str, ...], coords
         idx = (coords[0][sel] - f0, coords[1][sel] - a1, *(c[sel] for c in coords[2:]))
         for arr, v in zip(arrs, values):
             shape = (f1 - f0, b1 - a1) + arr.shape[2:]
-            buf = buffers.get((arr.path, shape))
+            bkey = (shape, np.dtype(arr.dtype).str, repr(arr.fill_value))
+            buf = buffers.get(bkey)
             if buf is None:
-                buf = buffers[(arr.path, shape)] = np.full(shape, arr.fill_value, arr.dtype)
-            buf[idx] = v[sel]
-            arr[lo + f0 : lo + f1, a1:b1] = buf
-            buf[idx] = arr.fill_value  # back to fill: the buffer is reused by later chunks of this shape
+                buf = buffers[bkey] = np.full(shape, arr.fill_value, arr.dtype)
+            try:
+                buf[idx] = v[sel]
+                arr[lo + f0 : lo + f1, a1:b1] = buf
+            finally:
+                buf[idx] = arr.fill_value  # back to fill, even on error: the buffer is reused
             nbytes += buf.nbytes
     return nbytes
 
