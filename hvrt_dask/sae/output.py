@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from hvrt_dask import ownership
-from hvrt_dask.sae.codecs import output_codec
+from hvrt_dask.sae.codecs import fast_codec
 from hvrt_dask.sae.range_examples import SLOT_DIM
 from hvrt_dask.sae.stats import bin_bounds
 
@@ -133,7 +133,7 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
     shape = {"feature": d_sae, "rank": top_k, "window": w, "bin": n_bins}
     for name, (dims, dtype, fill) in spec.items():
         chunks = (wide,) + tuple(shape[d] for d in dims[1:])
-        kw = {"compressors": (output_codec(),)}
+        kw = {"compressors": (fast_codec(),)}
         if name in SPARSE_ARRAYS:
             # written chunk by chunk, only chunks holding an example (write_examples): Zarr's
             # check for all-fill chunks (slow for NaN fill) would never find one
@@ -156,7 +156,7 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
             a = g.create_array(name, shape=(d_sae, n_bins, range_m) + ((w,) if windowed else ()), chunks=chunks,
                                chunk_key_encoding=CHUNK_KEYS,
                                dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True,
-                               config={"write_empty_chunks": True}, compressors=(output_codec(),))
+                               config={"write_empty_chunks": True}, compressors=(fast_codec(),))
             a.attrs["coordinates"] = _COORDS
     for name, dim, values in (("rank", "rank", np.arange(top_k)), ("window_offset", "window", np.arange(-prefix, suffix + 1)),
                               ("bin_lower", "bin", lower), ("bin_upper", "bin", upper)):
