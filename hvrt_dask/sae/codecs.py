@@ -15,4 +15,3 @@ def fast_codec():
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-
