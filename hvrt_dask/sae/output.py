@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 import warnings
 from typing import Any
@@ -71,14 +72,23 @@ def _jsonable(x: Any) -> Any:
 
 KIND = "sae.features"  # ownership kind of extraction outputs
 FORMAT = "hvrt_dask.sae_features/2"
-#: Output chunk along ``feature`` (at most; a divisor of the feature block so block writes align).
+#: Output chunk along ``feature`` of the window arrays (at most; a divisor of the feature block so
+#: block writes align): a written window chunk is mostly fill, so its bytes follow this.
 FEATURE_CHUNK = 1024
+#: Output chunk along ``feature`` of the other arrays (at most; a divisor of the feature block):
+#: small per feature, so fewer, larger chunk files (a chunk file costs ~1 ms to create here).
+WIDE_FEATURE_CHUNK = 16384
 #: Chunk of the window arrays along ``rank``: ranks beyond a chunk's last example stay unwritten fill,
 #: so the window arrays' bytes on disk follow the examples found, not ``d_sae x top_k``.
 RANK_CHUNK = 8
 WINDOW_ARRAYS = ("window_tokens", "window_acts")
+#: Arrays of examples (per feature and rank), chunked along ``rank`` and written only where examples are.
+SPARSE_ARRAYS = ("topk_value", "topk_sample", "topk_position", *WINDOW_ARRAYS)
 #: Chunk of the range examples' window arrays along ``bin``.
 RANGE_BIN_CHUNK = 8
+#: Chunk files named ``c.<i>.<j>...`` in one folder per array: a nested ``c/<i>/<j>/...`` layout
+#: creates (and later removes) folders per chunk, which costs as much as the chunk's data here.
+CHUNK_KEYS = {"name": "default", "separator": "."}
 _COORDS = "feature rank window_offset bin_lower bin_upper"
 
 
@@ -86,20 +96,21 @@ class NonFiniteStatisticError(ValueError):
     """A feature's statistic overflowed to inf (message names the feature); nothing is written for it."""
 
 
-def feature_chunk(feature_block: int) -> int:
+def feature_chunk(feature_block: int, cap: int = FEATURE_CHUNK) -> int:
     """The output's chunk along ``feature``: the largest divisor of ``feature_block`` up to
-    :data:`FEATURE_CHUNK`, so that every block's region write covers whole chunks."""
+    ``cap`` (a power of two), so that every block's region write covers whole chunks."""
     import math
 
-    return math.gcd(int(feature_block), FEATURE_CHUNK) if feature_block % FEATURE_CHUNK else FEATURE_CHUNK
+    return math.gcd(int(feature_block), cap) if feature_block % cap else cap
 
 
 def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int, edges: np.ndarray,
                   feature_block: int, range_m: int = 0) -> None:
     """Create the output's arrays (metadata only; the small coordinates are written here).
 
-    Every array is chunked along ``feature`` by :func:`feature_chunk`, so the workers' block
-    writes (:func:`write_block`) never share a chunk. Fill values are the empty-slot values
+    Every array is chunked along ``feature`` by :func:`feature_chunk` (window arrays at most
+    :data:`FEATURE_CHUNK`, the others :data:`WIDE_FEATURE_CHUNK` features), so the workers' block
+    writes (:func:`write_block`, :func:`write_examples`) never share a chunk. Fill values are the empty-slot values
     (NaN, -1), so chunks that hold no example are never written.
     """
     import zarr
@@ -107,6 +118,7 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
     w = prefix + 1 + suffix
     n_bins = len(edges) + 1
     fc = min(feature_chunk(feature_block), d_sae)
+    wide = min(feature_chunk(feature_block, WIDE_FEATURE_CHUNK), d_sae)
     g = zarr.open_group(out, mode="a", zarr_format=3)
     lower, upper = bin_bounds(edges)
     F, FR, FRW = ("feature",), ("feature", "rank"), ("feature", "rank", "window")
@@ -120,12 +132,15 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
     }
     shape = {"feature": d_sae, "rank": top_k, "window": w, "bin": n_bins}
     for name, (dims, dtype, fill) in spec.items():
-        chunks = (fc,) + tuple(shape[d] for d in dims[1:])
-        kw = {}
+        chunks = (wide,) + tuple(shape[d] for d in dims[1:])
+        kw = {"compressors": (fast_codec(),)}
+        if name in SPARSE_ARRAYS:
+            # written chunk by chunk, only chunks holding an example (write_examples): Zarr's
+            # check for all-fill chunks (slow for NaN fill) would never find one
+            kw["config"] = {"write_empty_chunks": True}
         if name in WINDOW_ARRAYS:
-            kw = {"compressors": (fast_codec(),)}
             chunks = (fc, min(RANK_CHUNK, top_k), w)
-        a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=chunks,
+        a = g.create_array(name, shape=tuple(shape[d] for d in dims), chunks=chunks, chunk_key_encoding=CHUNK_KEYS,
                            dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True, **kw)
         if name != "feature":
             a.attrs["coordinates"] = _COORDS
@@ -136,11 +151,12 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
                 ("range_position", FBS, "int32", -1), ("range_window_tokens", FBS + ("window",), "int32", -1),
                 ("range_window_acts", FBS + ("window",), "float32", np.nan)):
             windowed = len(dims) == 4
-            # window chunks span few bins: a feature fires in few bins, the other chunks stay unwritten fill
-            chunks = (fc, min(RANGE_BIN_CHUNK, n_bins), range_m, w) if windowed else (fc, n_bins, range_m)
+            # chunks span few bins: a feature fires in few bins, the other chunks stay unwritten fill
+            chunks = (fc, min(RANGE_BIN_CHUNK, n_bins), range_m, w) if windowed else (wide, n_bins, range_m)
             a = g.create_array(name, shape=(d_sae, n_bins, range_m) + ((w,) if windowed else ()), chunks=chunks,
+                               chunk_key_encoding=CHUNK_KEYS,
                                dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True,
-                               **({"compressors": (fast_codec(),)} if windowed else {}))
+                               config={"write_empty_chunks": True}, compressors=(fast_codec(),))
             a.attrs["coordinates"] = _COORDS
     for name, dim, values in (("rank", "rank", np.arange(top_k)), ("window_offset", "window", np.arange(-prefix, suffix + 1)),
                               ("bin_lower", "bin", lower), ("bin_upper", "bin", upper)):
@@ -148,16 +164,16 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
         a[:] = values
 
 
-def block_arrays(top: dict, stats: dict, lo: int, top_k: int) -> dict[str, np.ndarray]:
-    """The output arrays (all but the windows) of one feature block from its merged
-    partial's top-k and statistics.
+def block_arrays(stats: dict, lo: int) -> dict[str, np.ndarray]:
+    """The per-feature output arrays of one feature block from its merged statistics
+    (the examples are written by :func:`write_examples`).
 
     Raises
     ------
     NonFiniteStatisticError
         A statistic overflowed (a finite activation near the float32 limit).
     """
-    b, kk = top["values"].shape
+    b = len(stats["max"])
     for name in ("max", "sum", "sumsq"):
         bad = ~np.isfinite(stats[name])
         if bad.any():
@@ -165,13 +181,7 @@ def block_arrays(top: dict, stats: dict, lo: int, top_k: int) -> dict[str, np.nd
             raise NonFiniteStatisticError(
                 f"feature {f}: statistic {name!r} overflowed to {stats[name][f - lo]} ({int(bad.sum())} features "
                 "in this block); the activations are too large for float32/float64 statistics")
-    pad = top_k - kk
-    vals = np.pad(top["values"], ((0, 0), (0, pad)), constant_values=np.nan)
-    smp = np.pad(top["samples"], ((0, 0), (0, pad)), constant_values=-1)
-    pos = np.pad(top["positions"], ((0, 0), (0, pad)), constant_values=-1)
-    vals[smp < 0] = np.nan
     return {
-        "topk_value": vals, "topk_sample": smp, "topk_position": pos,
         "max_activation": stats["max"].astype(np.float32),
         "n_active_tokens": stats["n_active_tokens"].astype(np.int64),
         "n_active_samples": stats["n_active_samples"].astype(np.int64),
@@ -181,84 +191,77 @@ def block_arrays(top: dict, stats: dict, lo: int, top_k: int) -> dict[str, np.nd
     }
 
 
-def write_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndarray, tokens: np.ndarray,
-                acts: np.ndarray, top_k: int) -> int:
-    """Write one feature block into features ``[lo, lo + width)`` of the output; returns the
-    bytes of array data handed to Zarr.
-
-    Every write is aligned to the output's chunks (:func:`create_output`): a block starts on
-    a feature chunk and ends on one or at ``d_sae``. The windows are written one feature
-    chunk at a time, only over the rank chunks that hold examples (``slots`` = local feature
-    x top_k + rank, sorted; ``tokens``/``acts`` ``[E, W]``); the rest stays fill.
-    """
+def write_block(out: str, lo: int, arrays: dict[str, np.ndarray]) -> int:
+    """Write one feature block's per-feature arrays (:func:`block_arrays`) into features
+    ``[lo, lo + width)``; returns the bytes handed to Zarr. The block starts on a feature
+    chunk and ends on one or at ``d_sae``, so the write is chunk-aligned."""
     import zarr
 
     g = zarr.open_group(out, mode="r+")
-    n = 0
     for name, a in arrays.items():
         g[name][lo : lo + len(a)] = a
-        n += a.nbytes
-    width = len(arrays["feature"])
-    wt_arr, wa_arr = g["window_tokens"], g["window_acts"]
-    fc, rc, w = wa_arr.chunks
-    for a in range(0, width, fc):
-        b = min(a + fc, width)
-        i, e = np.searchsorted(slots, [a * top_k, b * top_k])
-        if i == e:
-            continue  # no example in these features: fill
-        local = slots[i:e] - a * top_k
-        ranks = -(-(int((local % top_k).max()) + 1) // rc) * rc  # whole rank chunks
-        ranks = min(ranks, top_k)
-        feat, rank = local // top_k, local % top_k
-        wt = np.full((b - a, ranks, w), -1, np.int32)
-        wa = np.full((b - a, ranks, w), np.nan, np.float32)
-        wt[feat, rank] = tokens[i:e]
-        wa[feat, rank] = acts[i:e]
-        wt_arr[lo + a : lo + b, :ranks] = wt
-        wa_arr[lo + a : lo + b, :ranks] = wa
-        n += wt.nbytes + wa.nbytes
-    return n
+    return sum(a.nbytes for a in arrays.values())
 
 
-def write_range_block(out: str, lo: int, arrays: dict[str, np.ndarray], slots: np.ndarray, tokens: np.ndarray,
-                      acts: np.ndarray) -> int:
-    """Write one feature block's range examples into features ``[lo, lo + width)``; returns the
-    bytes handed to Zarr.
+_LOCAL = threading.local()
 
-    ``arrays``: ``range_sample`` / ``range_value`` / ``range_position`` ``[width, n_bins, m]``
-    (:func:`hvrt_dask.sae.range_examples.finalize`); ``slots`` (sorted; ``(local feature x
-    n_bins + bin) x m + slot``) with their windows ``tokens`` / ``acts`` ``[E, W]``. Writes are
-    aligned to the chunks and inside the block's features; window chunks (a feature chunk x
-    :data:`RANGE_BIN_CHUNK` bins) without an example are never written (fill).
+
+def _buffers() -> dict:
+    """This thread's chunk buffers of :func:`write_examples`, kept all fill between writes and
+    reused across blocks: a fresh multi-MB buffer per chunk costs its page faults every time
+    (measured: most of the write's own time). A handful of chunk shapes per run, so bounded."""
+    if not hasattr(_LOCAL, "buffers"):
+        _LOCAL.buffers = {}
+    return _LOCAL.buffers
+
+
+def write_examples(out: str, lo: int, width: int, names: tuple[str, ...], coords: tuple[np.ndarray, ...],
+                   values: tuple[np.ndarray, ...]) -> int:
+    """Write examples of one feature block into arrays chunked ``(feature, <dim 1>, <whole>...)``;
+    returns the bytes handed to Zarr.
+
+    ``coords`` are the examples' indices along the arrays' leading dimensions (block-local
+    feature first); ``values[i]`` holds array ``names[i]``'s entries (``[E, *trailing]``).
+    Only chunks holding an example are written, so the arrays' bytes on disk follow the
+    examples found; every other cell stays unwritten fill. Each write is one whole chunk from
+    a C-contiguous buffer of the chunk's shape (the block starts on a feature chunk): Zarr
+    then encodes the buffer as it is, where a region spanning several chunks, or a strided
+    one, is copied chunk by chunk first (measured 4-5x slower).
     """
     import zarr
 
+    if not len(coords[0]):
+        return 0
     g = zarr.open_group(out, mode="r+")
-    n = 0
-    for name, a in arrays.items():
-        g[name][lo : lo + len(a)] = a
-        n += a.nbytes
-    width, n_bins, m = arrays["range_sample"].shape
-    wt_arr, wa_arr = g["range_window_tokens"], g["range_window_acts"]
-    fc, bc, _, w = wt_arr.chunks
-    per = n_bins * m
-    for a in range(0, width, fc):
-        b = min(a + fc, width)
-        i, e = np.searchsorted(slots, [a * per, b * per])
-        local = slots[i:e] - a * per
-        feat, bin_, slot = local // per, (local // m) % n_bins, local % m
-        # only the (feature chunk, bin chunk)s holding examples: the rest stays unwritten fill
-        for c in np.unique(bin_ // bc):
-            b0, b1 = int(c) * bc, min(int(c) * bc + bc, n_bins)
-            sel = (bin_ >= b0) & (bin_ < b1)
-            wt = np.full((b - a, b1 - b0, m, w), -1, np.int32)
-            wa = np.full((b - a, b1 - b0, m, w), np.nan, np.float32)
-            wt[feat[sel], bin_[sel] - b0, slot[sel]] = tokens[i:e][sel]
-            wa[feat[sel], bin_[sel] - b0, slot[sel]] = acts[i:e][sel]
-            wt_arr[lo + a : lo + b, b0:b1] = wt
-            wa_arr[lo + a : lo + b, b0:b1] = wa
-            n += wt.nbytes + wa.nbytes
-    return n
+    arrs = [g[n] for n in names]
+    fc, c1 = arrs[0].chunks[:2]
+    n1 = arrs[0].shape[1]
+    per = -(-n1 // c1)  # chunks along dim 1
+    key = (coords[0] // fc) * per + coords[1] // c1  # (feature chunk, dim-1 chunk) of each example
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    cuts = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
+    nbytes = 0
+    buffers = _buffers()
+    for r in range(len(cuts) - 1):
+        ck = int(key[cuts[r]])
+        sel = order[cuts[r] : cuts[r + 1]]
+        f0, a1 = (ck // per) * fc, (ck % per) * c1
+        f1, b1 = min(f0 + fc, width), min(a1 + c1, n1)
+        idx = (coords[0][sel] - f0, coords[1][sel] - a1, *(c[sel] for c in coords[2:]))
+        for arr, v in zip(arrs, values):
+            shape = (f1 - f0, b1 - a1) + arr.shape[2:]
+            bkey = (shape, np.dtype(arr.dtype).str, repr(arr.fill_value))
+            buf = buffers.get(bkey)
+            if buf is None:
+                buf = buffers[bkey] = np.full(shape, arr.fill_value, arr.dtype)
+            try:
+                buf[idx] = v[sel]
+                arr[lo + f0 : lo + f1, a1:b1] = buf
+            finally:
+                buf[idx] = arr.fill_value  # back to fill, even on error: the buffer is reused
+            nbytes += buf.nbytes
+    return nbytes
 
 
 def finalize_output(out: str, attrs: dict) -> None:

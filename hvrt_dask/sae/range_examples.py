@@ -137,29 +137,67 @@ def chunk_partial(
     feature_offset : int
         Global index of the block's first feature (the hash uses global indices).
     """
+    return densify(chunk_partial_sparse(sample_max, sample_argmax, sample_ids, edges, m, seed, feature_offset))
+
+
+def chunk_partial_sparse(sample_max: np.ndarray, sample_argmax: np.ndarray, sample_ids: np.ndarray,
+                         edges: np.ndarray, m: int, seed: int, feature_offset: int = 0) -> dict[str, np.ndarray]:
+    """:func:`chunk_partial` in the sparse form (:func:`sparsify`): only the live slots.
+
+    Extraction works on this form: its cost follows the examples, not ``d_block x n_bins x m``.
+    """
     m = _check_m(m)
     s, d_block = sample_max.shape
     n_bins = len(edges) + 1
-    out = empty(d_block, n_bins, m)
     si, fi = np.nonzero(sample_max > 0)
-    if si.size == 0:
-        return out
     ids = np.asarray(sample_ids, np.int64)[si]
     vals = np.asarray(sample_max[si, fi], np.float32)
     group = fi.astype(np.int64) * n_bins + bins_of(vals, edges)
     h = keyed_hash(seed, fi.astype(np.int64) + int(feature_offset), ids)
-    order = np.lexsort((ids, h, group))  # group asc, then (hash, sample) asc
+    live = {"range_hash": h, "range_sample": ids, "range_value": vals,
+            "range_position": np.asarray(sample_argmax[si, fi], np.int32)}
+    return _select(group, live, (d_block, n_bins, m))
+
+
+def _select(group: np.ndarray, live: dict[str, np.ndarray], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Per (feature, bin) ``group``, the ``m`` smallest ``(hash, sample)`` of the candidates
+    ``live`` (flat arrays), in the sparse form with slots in the total order."""
+    m = shape[2]
+    order = np.lexsort((live["range_sample"], live["range_hash"], group))  # group asc, then (hash, sample) asc
     g = group[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if g.size else np.zeros(0, np.int64)
     rank = np.arange(g.size) - np.repeat(starts, np.diff(np.r_[starts, g.size]))
     keep = rank < m
-    o, g, r = order[keep], g[keep], rank[keep]
-    fb, bb = g // n_bins, g % n_bins
-    out["range_hash"][fb, bb, r] = h[o]
-    out["range_sample"][fb, bb, r] = ids[o]
-    out["range_value"][fb, bb, r] = vals[o]
-    out["range_position"][fb, bb, r] = np.asarray(sample_argmax[si, fi], np.int32)[o]
+    o = order[keep]
+    out = {SPARSE_SHAPE: np.array(shape, np.int64), SPARSE_INDEX: g[keep] * m + rank[keep]}
+    out.update({k: live[k][o] for k in KEYS})
     return out
+
+
+#: Keys of the sparse form besides :data:`KEYS`: the dense shape and the flat live slots (ascending).
+SPARSE_SHAPE, SPARSE_INDEX = "range.shape", "range.index"
+
+
+def sparsify(partial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The sparse form of a dense partial: ``range.shape``, ``range.index`` (flat indices of the
+    live slots into ``[d_block, n_bins, m]``, ascending) and the live values of :data:`KEYS`.
+    A sparse partial passes through."""
+    if SPARSE_INDEX in partial:
+        return partial
+    live = np.flatnonzero(partial["range_sample"].reshape(-1) >= 0)
+    out = {SPARSE_SHAPE: np.array(partial["range_sample"].shape, np.int64), SPARSE_INDEX: live}
+    out.update({k: partial[k].reshape(-1)[live] for k in KEYS})
+    return out
+
+
+def densify(partial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The dense ``[d_block, n_bins, m]`` arrays of a sparse partial (a dense one passes through)."""
+    if SPARSE_INDEX not in partial:
+        return {k: partial[k] for k in KEYS}
+    full = empty(*(int(x) for x in partial[SPARSE_SHAPE]))
+    for k in KEYS:
+        full[k].reshape(-1)[partial[SPARSE_INDEX]] = partial[k]
+    return full
 
 
 def merge(partials: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -167,22 +205,28 @@ def merge(partials: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
     Keeps, per (feature, bin), the ``m`` smallest ``(hash, sample)`` of all partials. The
     result does not depend on the grouping or order of the partials (associative and
-    commutative), so any tree gives bit-identical arrays.
+    commutative), so any tree gives bit-identical arrays. Dense partials give a dense
+    result; sparse ones (:func:`sparsify`) a sparse one.
     """
     if not partials:
         raise ValueError("merge needs at least one partial")
-    shape = partials[0]["range_hash"].shape
-    for i, p in enumerate(partials):
-        if p["range_hash"].shape != shape:
-            raise ValueError(f"partial {i} has shape {p['range_hash'].shape}, expected {shape} (same feature block, bins, m)")
-    if len(partials) == 1:
-        return {k: partials[0][k].copy() for k in KEYS}
+    dense = SPARSE_INDEX not in partials[0]
+    return densify(merge_sparse(partials)) if dense else merge_sparse(partials)
+
+
+def merge_sparse(partials: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """:func:`merge` of partials in any form, returned in the sparse form."""
+    if not partials:
+        raise ValueError("merge needs at least one partial")
+    sp = [sparsify(p) for p in partials]
+    shape = tuple(int(x) for x in sp[0][SPARSE_SHAPE])
+    for i, p in enumerate(sp):
+        if tuple(int(x) for x in p[SPARSE_SHAPE]) != shape:
+            raise ValueError(f"partial {i} has shape {tuple(int(x) for x in p[SPARSE_SHAPE])}, expected {shape} "
+                             "(same feature block, bins, m)")
     m = shape[2]
-    cat = {k: np.concatenate([p[k] for p in partials], axis=2) for k in KEYS}
-    samp = cat["range_sample"]
-    dead = samp < 0
-    order = np.lexsort((np.where(dead, np.iinfo(np.int64).max, samp), cat["range_hash"], dead), axis=-1)[..., :m]
-    return {k: np.take_along_axis(cat[k], order, axis=-1) for k in KEYS}
+    group = np.concatenate([p[SPARSE_INDEX] // m for p in sp])
+    return _select(group, {k: np.concatenate([p[k] for p in sp]) for k in KEYS}, shape)
 
 
 def finalize(partial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

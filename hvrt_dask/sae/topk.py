@@ -22,6 +22,9 @@ import numpy as np
 
 EMPTY_VALUE = -np.inf
 KEYS = ("values", "samples", "positions")
+#: :func:`chunk` sorts the candidates themselves when at most 1 in this many (sample, feature)
+#: pairs is active (their sort is then cheaper than a selection over every pair).
+SPARSE_CANDIDATES = 16
 
 
 def empty(d_sae: int, k: int) -> dict[str, np.ndarray]:
@@ -73,11 +76,16 @@ def chunk(
 
     ``prefilter`` (float32 maxima): a per-feature selection on packed keys
     (:func:`_select_packed`). Otherwise, and for other dtypes, the reference path: drop
-    nothing, sort every positive candidate (:func:`from_candidates`).
+    nothing, sort every positive candidate (:func:`from_candidates`). Both give the same
+    arrays; when fewer than 1 in :data:`SPARSE_CANDIDATES` (sample, feature) pairs is active
+    (trained SAEs: L0 is a small fraction of ``d_sae``) the reference path is taken, as its
+    cost follows the candidates, not ``S x d_sae``.
     """
     s, d_sae = sample_max.shape
     ids = np.asarray(sample_ids, np.int64)
-    if prefilter and s and sample_max.dtype == np.float32:
+    active = sample_max > 0
+    si, fi = np.nonzero(active)
+    if prefilter and s and sample_max.dtype == np.float32 and si.size * SPARSE_CANDIDATES >= s * d_sae:
         import torch
 
         # a sample appears once per feature, so (value desc, sample asc) is a strict order;
@@ -94,7 +102,6 @@ def chunk(
         out["samples"][:, :kk] = np.where(live, by_rank[np.clip(s - 1 - low_sel, 0, s - 1)], -1)
         out["positions"][:, :kk] = np.where(live, np.take(sample_argmax, flat), -1)
         return out
-    si, fi = np.nonzero(sample_max > 0)
     return from_candidates(fi, sample_max[si, fi], ids[si], sample_argmax[si, fi], d_sae, k)
 
 

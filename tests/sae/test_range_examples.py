@@ -167,3 +167,25 @@ def test_bad_input():
     with pytest.raises(ValueError, match="at least one"):
         rx.merge([])
     assert as_dict(rx.chunk_partial(np.zeros((5, 3), np.float32), np.zeros((5, 3), np.int32), np.arange(5), EDGES, 2, 1)) == {}
+
+
+@pytest.mark.parametrize("sizes", [[80], [10, 70], [7] * 11 + [3]])
+def test_sparse_form_matches_reference_and_dense(sizes):
+    """Extraction's sparse form (chunk_partial_sparse, merge_sparse) holds exactly the reference's
+    examples, in any merge order and mixed with dense partials."""
+    smax, sarg = data()
+    m = 2
+    ref = reference(smax, sarg, EDGES, m, 5, feature_offset=3)
+    bounds = np.cumsum([0, *sizes])
+    sparse = [rx.chunk_partial_sparse(smax[a:b], sarg[a:b], np.arange(a, b), EDGES, m, 5, feature_offset=3)
+              for a, b in zip(bounds[:-1], bounds[1:])]
+    for p in sparse:
+        idx = p[rx.SPARSE_INDEX]
+        assert (np.diff(idx) > 0).all() and (p["range_sample"] >= 0).all()
+    merged = tree_reduce(sparse[::-1], rx.merge_sparse, 3)
+    assert as_dict(rx.densify(merged), feature_offset=3) == ref
+    dense = [rx.densify(p) for p in sparse]
+    mixed = rx.merge([dense[0], *sparse[1:]]) if len(sparse) > 1 else rx.merge(dense)
+    for key in rx.KEYS:
+        np.testing.assert_array_equal(rx.densify(merged)[key], rx.merge(dense)[key])
+        np.testing.assert_array_equal(rx.densify(rx.sparsify(mixed))[key], rx.merge(dense)[key])

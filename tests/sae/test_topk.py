@@ -95,3 +95,21 @@ def test_chunk_sorted_matches_reference(k):
     assert as_lists(part) == reference(smax, sarg, k)
     part2 = topk.chunk_sorted(torch.from_numpy(smax[20:]), torch.from_numpy(sarg[20:]), 20, k)
     assert as_lists(part2) == reference(np.r_[np.zeros_like(smax[:20]), smax[20:]], sarg, k)
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_chunk_sparse_maxima_match_reference(k):
+    """Few active (sample, feature) pairs (as in trained SAEs) take the candidates' sort: same
+    arrays as the reference and as the packed selection."""
+    rng = np.random.default_rng(4)
+    smax = np.zeros((40, 300), np.float32)
+    s, f = rng.integers(0, 40, 300), rng.integers(0, 300, 300)
+    smax[s, f] = rng.integers(1, 4, 300).astype(np.float32) / 4  # ties
+    assert (smax > 0).sum() * topk.SPARSE_CANDIDATES < smax.size
+    sarg = rng.integers(0, 16, size=smax.shape).astype(np.int32)
+    part = topk.chunk(smax, sarg, np.arange(40), k)
+    assert as_lists(part) == reference(smax, sarg, k)
+    dense = np.where(smax > 0, smax, rng.integers(1, 3, size=smax.shape).astype(np.float32) / 8)
+    dense[smax > 0] = smax[smax > 0] + 1  # dense maxima: the packed path, still the reference
+    assert (dense > 0).sum() * topk.SPARSE_CANDIDATES >= dense.size
+    assert as_lists(topk.chunk(dense, sarg, np.arange(40), k)) == reference(dense, sarg, k)

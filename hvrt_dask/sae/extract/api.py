@@ -353,24 +353,25 @@ def _windows_and_write(ex: Executor, run: RunSpec, chunks: list[Chunk], blocks: 
     metas: list[dict] = [None] * len(blocks)  # type: ignore[list-item]
 
     def make(b: Block):
-        samples, positions = finish.block_examples(roots[b.j])
-        fi, ri = np.nonzero(samples >= 0)
+        fi, ri, tsmp, tpos = finish.block_examples(roots[b.j])
         # range examples go through the same window tasks, their slots offset past the top-k's
         rslot, rsmp, rpos = finish.block_range_examples(roots[b.j])
         n_bins = len(run.edges) + 1
         per_feature = n_bins * max(run.range_m, 1)
+        slots = np.concatenate([fi * run.top_k + ri, b.width * run.top_k + rslot])
         fi = np.concatenate([fi, rslot // per_feature])
-        smp = np.concatenate([samples[fi[: len(ri)], ri], rsmp])
-        pos = np.concatenate([positions[fi[: len(ri)], ri], rpos]).astype(np.int32)
-        slots = np.concatenate([fi[: len(ri)] * run.top_k + ri, b.width * run.top_k + rslot])
+        smp = np.concatenate([tsmp, rsmp])
+        pos = np.concatenate([tpos, rpos]).astype(np.int32)
         order = np.argsort(smp, kind="stable")  # by sample (hence by chunk); slot order kept within
         fi, smp, pos, slots = fi[order], smp[order], pos[order], slots[order]
-        wins = [
-            ex.submit(windows.gather_windows, run, chunks[cid], b, fi[lo:hi].astype(np.int32), smp[lo:hi],
-                      pos[lo:hi], slots[lo:hi], thresholds.get(cid), gpu=True, key=f"hvrt-sae-window-{b.j}-{cid}")
-            for cid, lo, hi in windows.plan_window_tasks(smp, chunk_samples)
-        ]
-        return ex.submit(finish.finish_block, run, b, roots[b.j], *wins, key=f"hvrt-sae-write-{b.j}")
+        tasks = [(chunks[cid], b, fi[lo:hi].astype(np.int32), smp[lo:hi], pos[lo:hi], slots[lo:hi], thresholds.get(cid))
+                 for cid, lo, hi in windows.plan_window_tasks(smp, chunk_samples)]
+        # one window task: the finish task runs it (one task per block instead of two)
+        wins = tasks if len(tasks) == 1 else [
+            ex.submit(windows.gather_windows, run, *t, gpu=True, key=f"hvrt-sae-window-{b.j}-{t[0].cid}")
+            for t in tasks]
+        return ex.submit(finish.finish_block, run, b, roots[b.j], *wins, gpu=bool(len(tasks) == 1),
+                         key=f"hvrt-sae-write-{b.j}")
 
     def on_done(b: Block, fut):
         metas[b.j] = fut.result()

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 
 from hvrt_dask.sae import range_examples as _rx
+from hvrt_dask.sae import topk as _topk
 
 PARTIALS = "partials"
 RUN_FILE = "run.json"
@@ -41,9 +42,12 @@ def _tmp(fn: str) -> str:
     return f"{fn}.tmp-{os.getpid()}-{threading.get_ident()}"
 
 
-#: Partial arrays stored sparse (most features fire in few histogram bins); the range examples'
-#: ``range_examples.KEYS`` are stored as their live slots too (exact: empty slots are fill).
+#: Partial arrays stored sparse (most features fire in few histogram bins). The top-k arrays are
+#: stored as their live slots (``topk.shape`` / ``topk.index``), the range examples in
+#: :func:`hvrt_dask.sae.range_examples.sparsify`'s form, which is also the form they are merged in.
+#: All exact: empty slots are fill.
 SPARSE = ("hist",)
+TOPK_SHAPE, TOPK_INDEX = "topk.shape", "topk.index"
 
 
 def save_npz(fn: str, partial: dict) -> dict:
@@ -55,12 +59,15 @@ def save_npz(fn: str, partial: dict) -> dict:
             a = arrays.pop(key)
             nz = np.flatnonzero(a)
             arrays.update({f"{key}.shape": np.array(a.shape, np.int64), f"{key}.index": nz, f"{key}.value": a.reshape(-1)[nz]})
-    if _rx.KEYS[0] in arrays:  # range examples: only the live slots (most bins of most features are empty)
-        live = np.flatnonzero(arrays["range_sample"].reshape(-1) >= 0)
-        arrays["range.shape"] = np.array(arrays["range_sample"].shape, np.int64)
-        arrays["range.index"] = live
-        for key in _rx.KEYS:
+    if "samples" in arrays and arrays["samples"].ndim == 2:  # top-k: only the live slots
+        live = np.flatnonzero(arrays["samples"].reshape(-1) >= 0)
+        arrays[TOPK_SHAPE] = np.array(arrays["samples"].shape, np.int64)
+        arrays[TOPK_INDEX] = live
+        for key in _topk.KEYS:
             arrays[key] = arrays[key].reshape(-1)[live]
+    if _rx.KEYS[0] in arrays:
+        arrays.update(_rx.sparsify({k: arrays.pop(k) for k in (*_rx.KEYS, _rx.SPARSE_SHAPE, _rx.SPARSE_INDEX)
+                                    if k in arrays}))
     np.savez(tmp, **arrays)
     os.replace(tmp, fn)
     return {"ref": fn}
@@ -109,7 +116,7 @@ def resumable(done: str, data: str, fingerprint: str) -> bool:
 
 
 def load_partial(path: str) -> dict:
-    """Read a partial written by :func:`save_npz`."""
+    """Read a partial written by :func:`save_npz` (range examples stay in the sparse form)."""
     with np.load(path, allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
     for key in SPARSE:
@@ -118,10 +125,10 @@ def load_partial(path: str) -> dict:
             a = np.zeros(int(np.prod(shape)), val.dtype)
             a[nz] = val
             out[key] = a.reshape(tuple(shape))
-    if "range.shape" in out:
-        shape, live = tuple(out.pop("range.shape")), out.pop("range.index")
-        full = _rx.empty(*shape)
-        for key in _rx.KEYS:
+    if TOPK_SHAPE in out:
+        shape, live = tuple(int(x) for x in out.pop(TOPK_SHAPE)), out.pop(TOPK_INDEX)
+        full = _topk.empty(*shape)
+        for key in _topk.KEYS:
             full[key].reshape(-1)[live] = out[key]
         out.update(full)
     return out

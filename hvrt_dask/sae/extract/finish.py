@@ -7,34 +7,38 @@ import numpy as np
 
 from hvrt_dask.sae import range_examples as _rx
 from hvrt_dask.sae import stats as _stats
-from hvrt_dask.sae import topk as _topk
 from hvrt_dask.sae.extract import checkpoint as ckpt
 from hvrt_dask.sae.extract.params import Block, RunSpec
-from hvrt_dask.sae.output import block_arrays, write_block, write_range_block
+from hvrt_dask.sae.output import SPARSE_ARRAYS, block_arrays, write_block, write_examples
 
 
-def block_examples(root) -> tuple[np.ndarray, np.ndarray]:
-    """``samples`` and ``positions`` ``[width, <=top_k]`` of a block's merged partial (read
-    from its file without the rest of the partial)."""
+def block_examples(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The live top-k examples of a block's merged partial: local features, ranks (ascending
+    slot ``feature x k + rank``), samples and positions (read from its file without the rest
+    of the partial)."""
     if isinstance(root, dict) and "ref" in root:
         with np.load(root["ref"], allow_pickle=False) as z:
-            return z["samples"], z["positions"]
-    return root["samples"], root["positions"]
+            if ckpt.TOPK_INDEX in z.files:
+                kk = int(z[ckpt.TOPK_SHAPE][1])
+                live = z[ckpt.TOPK_INDEX]
+                return live // kk, live % kk, z["samples"], z["positions"]
+            root = {"samples": z["samples"], "positions": z["positions"]}
+    fi, ri = np.nonzero(root["samples"] >= 0)
+    return fi, ri, root["samples"][fi, ri], root["positions"][fi, ri]
 
 
 def block_range_examples(root) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The live range examples of a block's merged partial: flat slots ``(local feature x
-    n_bins + bin) x m + slot``, samples and positions (empty when the run has none)."""
+    n_bins + bin) x m + slot`` (ascending), samples and positions (empty when the run has none)."""
     if isinstance(root, dict) and "ref" in root:
         with np.load(root["ref"], allow_pickle=False) as z:
-            if "range.index" not in z.files:
+            if _rx.SPARSE_INDEX not in z.files:
                 return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
-            return z["range.index"].astype(np.int64), z["range_sample"], z["range_position"]
+            return z[_rx.SPARSE_INDEX].astype(np.int64), z["range_sample"], z["range_position"]
     if _rx.KEYS[0] not in root:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    smp = root["range_sample"].reshape(-1)
-    live = np.flatnonzero(smp >= 0)
-    return live, smp[live], root["range_position"].reshape(-1)[live]
+    sp = _rx.sparsify(root)
+    return sp[_rx.SPARSE_INDEX].astype(np.int64), sp["range_sample"], sp["range_position"]
 
 
 def _gathered(windows: tuple[dict, ...], w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,19 +51,39 @@ def _gathered(windows: tuple[dict, ...], w: int) -> tuple[np.ndarray, np.ndarray
             np.concatenate([x["acts"] for x in windows])[order])
 
 
-def finish_block(run: RunSpec, block: Block, root, *windows: dict) -> dict:
-    """Write block ``block``'s features of the output; returns the block's run metadata."""
+def finish_block(run: RunSpec, block: Block, root, *windows) -> dict:
+    """Write block ``block``'s features of the output; returns the block's run metadata.
+
+    ``windows`` are window results, or window task arguments (tuples for
+    :func:`~hvrt_dask.sae.extract.windows.gather_windows`) run here: a block whose examples lie
+    in one sample chunk gathers and writes them in one task.
+    """
+    from hvrt_dask.sae.extract.windows import gather_windows
+
+    windows = tuple(gather_windows(run, *w) if isinstance(w, tuple) else w for w in windows)
     part = ckpt.resolve(root)
-    top = _topk.aggregate({k: part[k] for k in _topk.KEYS})
     stats = _stats.aggregate({k: part[k] for k in ("max", *_stats.SUM_KEYS)})
-    arrays = block_arrays(top, stats, block.lo, run.top_k)
+    nbytes = write_block(run.out, block.lo, block_arrays(stats, block.lo))
     slots, toks, acts = _gathered(windows, run.window)
     # slots below width x top_k are top-k examples, the others range examples (offset by it)
     cut = int(np.searchsorted(slots, block.width * run.top_k))
-    nbytes = write_block(run.out, block.lo, arrays, slots[:cut], toks[:cut], acts[:cut], run.top_k)
+    fi, ri = np.nonzero(part["samples"] >= 0)  # row-major: ascending slot fi x top_k + ri
+    if not np.array_equal(slots[:cut], fi * run.top_k + ri):
+        raise RuntimeError(f"feature block {block.j}: the context windows do not match the block's top-k examples")
+    # the examples' arrays and their windows are chunked differently: one call per chunk grid
+    nbytes += write_examples(run.out, block.lo, block.width, SPARSE_ARRAYS[:3], (fi, ri),
+                             (part["values"][fi, ri], part["samples"][fi, ri], part["positions"][fi, ri]))
+    nbytes += write_examples(run.out, block.lo, block.width, SPARSE_ARRAYS[3:], (fi, ri), (toks[:cut], acts[:cut]))
     if run.range_m:
-        nbytes += write_range_block(run.out, block.lo, _rx.finalize({k: part[k] for k in _rx.KEYS}),
-                                    slots[cut:] - block.width * run.top_k, toks[cut:], acts[cut:])
+        sp = _rx.sparsify({k: part[k] for k in (*_rx.KEYS, _rx.SPARSE_SHAPE, _rx.SPARSE_INDEX) if k in part})
+        idx = sp[_rx.SPARSE_INDEX].astype(np.int64)
+        if not np.array_equal(slots[cut:] - block.width * run.top_k, idx):
+            raise RuntimeError(f"feature block {block.j}: the context windows do not match the block's range examples")
+        _, n_bins, m = (int(x) for x in sp[_rx.SPARSE_SHAPE])
+        where = (idx // (n_bins * m), (idx // m) % n_bins, idx % m)
+        nbytes += write_examples(run.out, block.lo, block.width, _rx.OUTPUT_VARS[:3], where,
+                                 (sp["range_sample"], sp["range_value"], sp["range_position"]))
+        nbytes += write_examples(run.out, block.lo, block.width, _rx.OUTPUT_VARS[3:], where, (toks[cut:], acts[cut:]))
     return {
         "workers": [str(x) for x in part["workers"]],
         "batch_size": int(part["batch_size"]),
@@ -68,6 +92,6 @@ def finish_block(run: RunSpec, block: Block, root, *windows: dict) -> dict:
         "n_nonfinite_masked": int(part["n_nonfinite_masked"]),
         "n_valid_tokens": int(part["n_valid_tokens"]),
         "n_samples": int(part["n_samples"]),
-        "n_examples": int((top["samples"] >= 0).sum()),
+        "n_examples": int(len(fi)),
         "bytes": nbytes,
     }

@@ -195,8 +195,8 @@ def extract_block(run: RunSpec, chunk: Chunk, block: Block, data: dict, threshol
         sarg_np = sarg.cpu().numpy() if run.range_m else None
     part.update(acc.result(smax_np))
     if run.range_m:  # examples across the activation range, from the same per-sample maxima
-        part.update(_rx.chunk_partial(smax_np, sarg_np, ids, np.asarray(run.edges, np.float32), run.range_m,
-                                      run.seed, feature_offset=block.lo))
+        part.update(_rx.chunk_partial_sparse(smax_np, sarg_np, ids, np.asarray(run.edges, np.float32), run.range_m,
+                                             run.seed, feature_offset=block.lo))
     part.update(
         chunks=np.array([chunk.cid], np.int64),
         workers=np.array([worker_address()]),
@@ -233,7 +233,8 @@ def _merge_two(k: int, *parts: dict) -> dict:
     out = _topk.combine([{key: p[key] for key in _topk.KEYS} for p in parts], min(k, n))
     out.update(_stats.combine(parts))
     if _rx.KEYS[0] in parts[0]:  # order-free: any fan-in or resume gives the same arrays
-        out.update(_rx.merge([{key: p[key] for key in _rx.KEYS} for p in parts]))
+        out.update(_rx.merge_sparse([{key: p[key] for key in (*_rx.KEYS, _rx.SPARSE_SHAPE, _rx.SPARSE_INDEX) if key in p}
+                                     for p in parts]))
     out["chunks"] = np.sort(np.concatenate([p["chunks"] for p in parts]))
     out["workers"] = np.unique(np.concatenate([p["workers"] for p in parts]))
     out["batch_size"] = np.int64(min(int(p["batch_size"]) for p in parts))
