@@ -158,6 +158,26 @@ def test_resume_with_other_config_refused(env):
         run(env, resume=True, sae=env / "sae2")
 
 
+def test_resume_refused_for_partials_of_another_layout(env):
+    """An interrupted run whose partials were written in an older file layout is refused by
+    name, never read as if it were the current one (and its partials stay untouched)."""
+    import json
+
+    from hvrt_dask.sae.extract import checkpoint as ckpt
+
+    with pytest.raises(RuntimeError), fail_after(2):
+        run(env)
+    fn = env / "out" / ckpt.PARTIALS / ckpt.RUN_FILE
+    info = json.loads(fn.read_text())
+    del info["partials_format"]  # as written before the layout was recorded
+    fn.write_text(json.dumps(info))
+    before = sorted(os.listdir(env / "out" / ckpt.PARTIALS))
+    with pytest.raises(ValueError, match="'partials_format' differs"):
+        run(env, resume=True)
+    assert sorted(os.listdir(env / "out" / ckpt.PARTIALS)) == before
+    assert not is_complete(env / "out")
+
+
 def test_resume_refused_after_store_rewritten(env):
     """Same path, same shape, different data: the checkpoints are not reused."""
     with pytest.raises(RuntimeError), fail_after(2):

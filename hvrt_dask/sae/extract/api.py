@@ -194,6 +194,7 @@ def extract_features(
         "top_k": p["top_k"], "histogram_edges": [float(e) for e in p["edges"]], "nonfinite": p["nonfinite"],
         "feature_block": p["feature_block"], "store_fingerprint": st.fingerprint(),
         "prefix": p["prefix"], "suffix": p["suffix"], "seed": p["seed"], "range_examples": p["range_examples"],
+        "partials_format": ckpt.PARTIALS_FORMAT,
     }
     out = os.path.abspath(os.fspath(out))
     done = _prepare_output(out, st, sae_obj, run_info, resume, overwrite)
@@ -404,7 +405,7 @@ def _prepare_output(out: str, st, sae_obj, run_info: dict, resume: bool, overwri
                 if prev is None:
                     raise ValueError(f"cannot resume {out!r}: it holds no interrupted extraction run "
                                      f"({ckpt.PARTIALS}/{ckpt.RUN_FILE} missing); write to another path or pass overwrite=True")
-                for key in RESUME_KEYS:
+                for key in (*RESUME_KEYS, "partials_format"):  # partials of another layout cannot be read
                     if prev.get(key) != run_info[key]:
                         what = {"store_fingerprint": "the activation store changed since the interrupted run",
                                 "sae_hash": "the SAE changed since the interrupted run"}.get(key, f"{key!r} differs from the interrupted run")

@@ -19,6 +19,9 @@ from hvrt_dask.sae import topk as _topk
 
 PARTIALS = "partials"
 RUN_FILE = "run.json"
+#: Layout of the partial files (sparse top-k slots and range examples since 2): recorded in
+#: ``run.json``, so that an interrupted run of an older layout is refused, not misread.
+PARTIALS_FORMAT = 2
 
 
 def partial_path(partials_dir: str, cid: int, j: int) -> tuple[str, str]:
