@@ -26,6 +26,7 @@ from hvrt_dask.sae.output import is_complete, open_output
 from hvrt_dask.sae.stats import histogram_edges
 
 K, PRE, SUF = 6, 3, 2
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 VARS = ("topk_value", "topk_sample", "topk_position", "window_tokens", "window_acts", "max_activation",
         "n_active_tokens", "n_active_samples", "act_sum", "act_sumsq", "hist", "dead", "mean", "std", "density", "frequency")
 
@@ -187,32 +188,38 @@ def test_resume_after_injected_failure(data, baseline, tmp_path):
 def test_resume_after_killed_process(data, baseline, tmp_path):
     """A subprocess extracting chunk by chunk is SIGKILLed mid-run; the resumed output is identical."""
     out = tmp_path / "o"
+    ready = tmp_path / "ready"
+    # after 5 chunks the subprocess parks every further chunk task (it is killed there): the kill
+    # lands mid-run whatever the machine's speed; no sleep decides the outcome
     script = textwrap.dedent(
         f"""
-        import time
+        import itertools, os, threading, time
         import hvrt_dask.sae.extract.first_pass as fp
         orig = fp.extract_block
-        def slow(*args):
-            part = orig(*args)
-            time.sleep(0.4)
-            return part
-        fp.extract_block = slow
+        calls = itertools.count(1)
+        lock = threading.Lock()
+        def parked(*args):
+            with lock:
+                n = next(calls)
+            if n > 5:
+                open({str(ready)!r}, "w").close()
+                time.sleep(3600)
+            return orig(*args)
+        fp.extract_block = parked
         from hvrt_dask.sae.extract import extract_features
         extract_features({data['store']!r}, {data['sae']!r}, {str(out)!r}, top_k={K}, prefix={PRE},
                             suffix={SUF}, chunk_samples=4, progress=False)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": ROOT})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline = time.time() + 300  # generous: only a hung subprocess reaches it
+        while time.time() < deadline and proc.poll() is None:
             pdir = out / "partials"
-            if pdir.exists() and len([p for p in os.listdir(pdir) if p.endswith(".done")]) >= 5:
-                break
-            if proc.poll() is not None:
+            if ready.exists() and pdir.exists() and len([p for p in os.listdir(pdir) if p.endswith(".done")]) >= 5:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the extraction finished before it could be killed"
+        assert proc.poll() is None, "the extraction ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
