@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -71,7 +72,10 @@ def test_run_json_contents(tmp_path, client):
     assert data["cluster"]["dashboard"] == client.dashboard_link
     assert data["performance_report"] == "performance-report.html"
     html = (tmp_path / "run" / "performance-report.html").read_text()
-    assert "<html" in html.lower() and len(html) > 10_000
+    # the report covers the run's own work: the stages' tasks are in its task stream
+    keys = re.search(r'\["key",\[([^\]]*)\]\]', html)
+    assert keys and len(re.findall(r'"sum-[0-9a-f]+"', keys.group(1))) == 2, "the two stage tasks"
+    assert "Task Stream" in html and "Worker Profile" in html
     assert any("Dask dashboard:" in line for line in lines)
     assert (tmp_path / "run" / ".lock").read_text() == ""  # released (the file stays: no unlink races)
 
