@@ -35,7 +35,8 @@ def cli(*args, cwd):
 
 
 def write_config(tmp_path, run_dir, seed, store=None):
-    """The whole pipeline; with ``store`` (an existing capture) only train_sae → extract."""
+    """The whole pipeline on a LocalCluster; with ``store`` (an existing capture) only train_sae →
+    extract, on the in-process ``threads`` profile (so determinism across profiles is checked too)."""
     capture = "" if store else """
         capture:
           source: kjv
@@ -59,7 +60,7 @@ def write_config(tmp_path, run_dir, seed, store=None):
           seed: {seed}
           performance_report: false
         cluster:
-          profile: local
+          profile: {"threads" if store else "local"}
           n_workers: 1
           threads_per_worker: 1{capture}
         train_sae:
@@ -146,18 +147,30 @@ def test_unchanged_rerun_redoes_nothing(first_run):
     assert sha(run_dir / "sae" / "sae_weights.safetensors") == sae_hash
 
 
-def test_same_config_twice_identical_then_seed_reaches_training(first_run):
-    """train_sae → extract on the first run's activations: same seed → same bytes; run.seed 6 → another SAE."""
+def test_same_config_twice_identical_then_seed_reaches_training(first_run, client):
+    """train_sae → extract on the first run's activations: same seed → same bytes. The train_sae
+    stage adapter with run.seed 6 trains another SAE (the runner hands run.seed to every stage:
+    tests/pipelines/test_runs.py), and with run.seed 5 the CLI's SAE."""
     from hvrt_dask.sae.output import open_output
+    from pipelines.context import StageContext
+    from pipelines.schema import build_section
+    from pipelines.stages import run_stage
 
     tmp, run_dir, _, _ = first_run
     store = run_dir / "acts.zarr"
-    run2, run3 = tmp / "run2", tmp / "run3"
+    run2 = tmp / "run2"
     cli("run", write_config(tmp, run2, seed=5, store=store), cwd=tmp)
-    assert sha(run2 / "sae" / "sae_weights.safetensors") == sha(run_dir / "sae" / "sae_weights.safetensors")
+    w_cli = sha(run_dir / "sae" / "sae_weights.safetensors")
+    assert sha(run2 / "sae" / "sae_weights.safetensors") == w_cli
     a, b = open_output(run_dir / "features.zarr").load(), open_output(run2 / "features.zarr").load()
     for v in ("topk_value", "topk_sample", "topk_position", "window_acts", "hist", "act_sum", "range_sample"):
         np.testing.assert_array_equal(a[v].values, b[v].values)
-    cli("run", write_config(tmp, run3, seed=6, store=store), "--stages", "train_sae", cwd=tmp)
-    w5, w6 = (load_file(str(r / "sae" / "sae_weights.safetensors"))["W_enc"] for r in (run_dir, run3))
-    assert not np.array_equal(w5, w6)
+    hashes = {}
+    for seed in (5, 6):
+        sec = build_section("train_sae", {"store": str(store), "out_dir": str(tmp / f"sae-seed{seed}"), "d_sae": 16,
+                                          "steps": 4, "batch_tokens": 64}, "cfg.yaml")
+        ctx = StageContext(run_dir=str(tmp), seed=seed, client=client, resume=False, overwrite=False,
+                           echo=lambda m: None, run_id=f"seed{seed}", progress=False)
+        run_stage("train_sae", sec, ctx)
+        hashes[seed] = sha(tmp / f"sae-seed{seed}" / "sae_weights.safetensors")
+    assert hashes[5] == w_cli and hashes[6] != w_cli
