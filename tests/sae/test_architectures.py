@@ -128,17 +128,17 @@ def test_activation_with_autograd_matches_and_passes_gradients(name):
 
 def test_keys_and_kth_keys_over_any_leading_shape():
     """``kth_keys`` works on ``[..., features]`` (and merges ``[..., <=k]`` running keys), so a
-    ``[B, T, F]`` batch gives the same thresholds as its ``[B * T, F]`` rows."""
+    ``[B, T, F]`` batch (here T = 2 < k) gives the same thresholds as its ``[B * T, F]`` rows."""
     pre = tied_pre(rows=24, width=10, seed=4)
     arch, whole = architectures.get("topk"), architectures.Whole(10, 3)
     keys = arch.keys(torch.from_numpy(pre.copy()), whole)
-    keys3 = arch.keys(torch.from_numpy(pre.reshape(4, 6, 10).copy()), whole)
-    np.testing.assert_array_equal(keys3.numpy(), keys.reshape(4, 6, 10).numpy())
+    keys3 = arch.keys(torch.from_numpy(pre.reshape(12, 2, 10).copy()), whole)
+    np.testing.assert_array_equal(keys3.numpy(), keys.reshape(12, 2, 10).numpy())
     flat = architectures.kth_keys(keys, 3)
-    np.testing.assert_array_equal(architectures.kth_keys(keys3, 3).numpy(), flat.reshape(4, 6).numpy())
+    np.testing.assert_array_equal(architectures.kth_keys(keys3, 3).numpy(), flat.reshape(12, 2).numpy())
     run2 = architectures.kth_keys(keys[:, 5:], 3, architectures.kth_keys(keys[:, :5], 3, torch.empty((24, 0), dtype=torch.int64)))
     run3 = architectures.kth_keys(keys3[..., 5:], 3,
-                                  architectures.kth_keys(keys3[..., :5], 3, torch.empty((4, 6, 0), dtype=torch.int64)))
-    assert run3.shape == (4, 6, 3)
+                                  architectures.kth_keys(keys3[..., :5], 3, torch.empty((12, 2, 0), dtype=torch.int64)))
+    assert run3.shape == (12, 2, 3)
     np.testing.assert_array_equal(np.sort(run3.reshape(24, 3).numpy(), -1), np.sort(run2.numpy(), -1))
     np.testing.assert_array_equal(run2.amin(-1).numpy(), flat.numpy())
