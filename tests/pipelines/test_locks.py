@@ -130,7 +130,7 @@ def test_same_output_two_run_directories_exit_3(tmp_path):
         from pipelines import locks
         with locks.hold(locks.output_lock_path({str(out)!r}), "output"):
             print('locked', flush=True)
-            time.sleep(60)
+            time.sleep(3600)  # until the test kills it: no sleep decides the outcome
     """)], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     try:
         assert holder.stdout.readline().strip() == "locked"

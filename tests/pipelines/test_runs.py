@@ -127,7 +127,7 @@ def test_lock_held_by_live_process_exit_3(tmp_path, client):
         from pipelines.runs import run_lock
         with run_lock({str(run_dir)!r}):
             print('locked', flush=True)
-            time.sleep(60)
+            time.sleep(3600)  # until the test kills it: no sleep decides the outcome
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -146,8 +146,6 @@ def test_lock_held_by_live_process_exit_3(tmp_path, client):
 
 def test_concurrent_cli_runs_one_gets_exit_3(tmp_path):
     """Two real processes on the same run directory: the second exits 3 while the first holds it."""
-    import time
-
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(f"run:\n  dir: {tmp_path / 'run'}\n")
     holder = subprocess.Popen(
@@ -156,7 +154,7 @@ def test_concurrent_cli_runs_one_gets_exit_3(tmp_path):
             from pipelines.runs import run_lock
             with run_lock({str(tmp_path / 'run')!r}):
                 print('locked', flush=True)
-                time.sleep(60)
+                time.sleep(3600)  # until the test kills it: no sleep decides the outcome
         """)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -164,11 +162,11 @@ def test_concurrent_cli_runs_one_gets_exit_3(tmp_path):
         os.makedirs(tmp_path / "run", exist_ok=True)
         assert holder.stdout.readline().strip() == "locked"
         cfg_path.write_text(f"run:\n  dir: {tmp_path / 'run'}\nexpand:\n  data: sklearn:load_wine\n  n: 10\n")
-        t0 = time.time()
-        out = subprocess.run([sys.executable, "-m", "pipelines", "expand", str(cfg_path)], capture_output=True, text=True)
+        # it must not wait for the holder (which never lets go): a wait would end in the timeout
+        out = subprocess.run([sys.executable, "-m", "pipelines", "expand", str(cfg_path)], capture_output=True, text=True,
+                             timeout=600)
         assert out.returncode == runs.EXIT_RUNNING, out.stdout + out.stderr
         assert "already running" in out.stdout
-        assert time.time() - t0 < 30
     finally:
         holder.kill()
         holder.wait()
