@@ -33,9 +33,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
 # Mutation testing of the core modules (slow; not in CI): benchmarks/results/mutation.md
+# Modules in turns: make mutation MUTATION_ARGS="--max-children 2 hvrt_dask.sae.stats pipelines.schema"
+MUTATION_ARGS ?=
 mutation: $(STAMP)
 	$(BIN)/pip install -q -e '.[mutation]'
-	$(BIN)/python -m benchmarks.mutation
+	$(BIN)/python -m benchmarks.mutation $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output mutants

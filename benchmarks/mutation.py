@@ -17,6 +17,7 @@ import argparse
 import collections
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -64,17 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="summarise the last run, do not run")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop the run after this many minutes (unchecked mutants are reported as such)")
+    ap.add_argument("modules", nargs="*",
+                    help="run only these modules' mutants (dotted names, e.g. hvrt_dask.sae.stats; "
+                         "mutmut keeps earlier results, so modules can be run in turns)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if not args.report_only:
         # mutmut runs the tests from its mutants/ copy: the copy must win over the editable install
         env = {**os.environ, "PYTHONPATH": ""}
+        names = [f"{m}.x*" for m in args.modules]
+        # its own session: a time limit stops mutmut and its children, and nothing else
+        proc = subprocess.Popen(MUTMUT + ["run", "--max-children", str(args.max_children), *names], env=env,
+                                stdout=subprocess.DEVNULL, start_new_session=True)
         try:
-            subprocess.run(MUTMUT + ["run", "--max-children", str(args.max_children)], check=False, env=env,
-                           stdout=subprocess.DEVNULL,
-                           timeout=None if args.time_limit is None else 60 * args.time_limit)
+            proc.wait(timeout=None if args.time_limit is None else 60 * args.time_limit)
         except subprocess.TimeoutExpired:
-            subprocess.run(["pkill", "-f", "mutmut"], check=False)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
     wall = time.perf_counter() - t0
     st = _statuses()
     per = collections.defaultdict(collections.Counter)
@@ -111,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- `{n}`: {_diff(n)}" for n in survivors[:400]),
     ]
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    notes = ""
+    if os.path.exists(RESULTS):  # the hand-written notes (per-module runs, equivalent mutants) stay
+        with open(RESULTS) as f:
+            old = f.read()
+        if "\n## Notes" in old:
+            notes = old[old.index("\n## Notes"):]
     with open(RESULTS, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines) + "\n" + notes)
     print("\n".join(lines[:8 + len(rows)]))
     return 0
 

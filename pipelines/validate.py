@@ -61,6 +61,13 @@ def _check_hvrt(k: _Key, sec: Any, seed: int) -> None:
     k.call("model", est._check_params)
 
 
+def check_run(cfg: PipelineConfig) -> None:
+    """``run.seed`` reaches every stage: refused here under its own name (not a stage's)."""
+    from hvrt_dask.hvrt.estimator import _resolve_seed
+
+    _Key(cfg, "run").call("seed", _resolve_seed, cfg.run.seed, draw=False)
+
+
 def check_expand(k: _Key, cfg: PipelineConfig, sec: Any) -> None:
     from hvrt_dask.hvrt.expand import check_bandwidth, check_n
     from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES
@@ -246,6 +253,7 @@ def validate_config(cfg: PipelineConfig, stages: list[str] | None = None, check_
         Naming the config file and the key.
     """
     check_cluster_section = kw.pop("check_cluster", check_cluster_section)
+    check_run(cfg)
     for s in stages if stages is not None else cfg.stages:
         CHECKS[s](_Key(cfg, s), cfg, cfg.stage(s))
     if check_cluster_section:

@@ -25,7 +25,20 @@ def _cuda_available() -> bool:
         return False
 
 
+def pytest_addoption(parser):
+    parser.addoption("--no-cluster", action="store_true",
+                     help="deselect tests that start dask clusters (used by `make mutation`: worker "
+                          "processes are not traced by mutmut, and a cluster per mutant is slow)")
+
+
+CLUSTER_FIXTURES = {"cluster", "client", "real_cluster"}
+
+
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("--no-cluster"):
+        keep = [i for i in items if not CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ()))]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -108,11 +108,13 @@ def test_expand_external_X_wrong_columns(X, model, tmp_path):
     with pytest.raises(ValueError, match="X has 2 columns but the model was fitted on 3"):
         model.expand(10, X=X[:, :2], output=str(out))
     assert not out.exists()
-    m = HVRT().fit(pd.DataFrame(X, columns=["a", "b", "c"]))
+    m = HVRT(random_state=0).fit(pd.DataFrame(X, columns=["a", "b", "c"]))
     with pytest.raises(ValueError, match="missing the fitted columns \\['c'\\]"):
         m.expand(10, X=pd.DataFrame(X[:, :2], columns=["a", "b"]))
-    # correct external data works
-    assert m.expand(20, X=pd.DataFrame(X[:100], columns=["a", "b", "c"])).shape == (20, 3)
+    # correct external data works, in any column order: the rows equal those of the same numpy data
+    got = m.expand(20, X=pd.DataFrame(X[:100], columns=["a", "b", "c"])[["c", "a", "b"]])
+    assert list(got.columns) == ["a", "b", "c"]
+    np.testing.assert_array_equal(got.to_numpy(), np.asarray(HVRT(random_state=0).fit(X).expand(20, X=X[:100])))
 
 
 def test_output_path_exists(model, tmp_path):

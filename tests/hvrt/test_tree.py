@@ -78,11 +78,19 @@ def test_hart_family_partition_count_matches_peer(cls):
     assert ours.partition_sizes_.min() == peer_sizes.min() == 31
 
 
-@pytest.mark.parametrize("n,expected", [(1000, (22, 27)), (5000, (50, 60)), (20000, (100, 115))])
-def test_leaf_counts_about_0_75_to_0_8_sqrt_n(n, expected):
-    m = HVRT().fit(_mixture(n))
-    assert expected[0] <= m.n_partitions_ <= expected[1]
-    assert m.n_partitions_ >= 2
+@pytest.mark.parametrize("n", [1000, 5000, 20000])
+def test_leaf_counts_follow_the_auto_tune_rule(n):
+    """Every leaf holds at least min_samples_leaf = max(d + 2, isqrt(n)) rows, so there are at most
+    n // msl leaves (and at most max_leaf_nodes); at n = 20000 the count equals the peer's."""
+    X = _mixture(n)
+    m = HVRT(random_state=42).fit(X)
+    msl = max(X.shape[1] + 2, math.isqrt(n))
+    mln = max(30, min(1500, (3 * n) // (2 * msl)))
+    assert m.partition_sizes_.min() >= msl and m.partition_sizes_.sum() == n
+    assert 2 <= m.n_partitions_ <= min(mln, n // msl)
+    if n == 20000:
+        hvrt = pytest.importorskip("hvrt")
+        assert m.n_partitions_ == hvrt.HVRT(random_state=42).fit(X).n_partitions_
 
 
 def test_never_one_leaf_on_ordinary_data():

@@ -27,6 +27,8 @@ from _faults_helpers import (
     read_arrays,
 )
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+
 
 @pytest.fixture
 def own_cluster():
@@ -117,7 +119,7 @@ def test_pipeline_process_killed_mid_extraction_then_rerun(tmp_path, sig):
     }))
     env = dict(os.environ, DASK_DISTRIBUTED__WORKER__PRELOAD=json.dumps(["_faults_helpers"]),
                HVRT_TEST_TASK_DELAY="0.1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), os.getcwd()]))
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), ROOT]))
     cmd = [sys.executable, "-m", "pipelines", "extract", str(cfg)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

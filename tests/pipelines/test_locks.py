@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from pipelines import locks, runs
 from pipelines.cli import cli
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+
 CONTENDER = textwrap.dedent("""
     import os, sys, time
     from pipelines import locks
@@ -41,7 +43,7 @@ CONTENDER = textwrap.dedent("""
 def test_stampede_on_a_stale_lock_never_two_holders(tmp_path):
     """Many processes start together on a lock left by a dead process, repeatedly: one holder at a time."""
     lock = tmp_path / ".lock"
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=ROOT)
     held_total = 0
     for trial in range(6):
         lock.write_text(json.dumps({"pid": 999999, "host": socket.gethostname(), "since": "dead"}))
@@ -128,8 +130,8 @@ def test_same_output_two_run_directories_exit_3(tmp_path):
         from pipelines import locks
         with locks.hold(locks.output_lock_path({str(out)!r}), "output"):
             print('locked', flush=True)
-            time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+            time.sleep(3600)  # until the test kills it: no sleep decides the outcome
+    """)], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     try:
         assert holder.stdout.readline().strip() == "locked"
         cfg = tmp_path / "c.yaml"

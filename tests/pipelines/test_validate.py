@@ -15,6 +15,8 @@ from pipelines.schema import load_config
 
 from _faults_helpers import make_sae, make_store
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
@@ -98,7 +100,7 @@ def test_cli_reads_library_defaults(tmp_path):
     """DASK_HVRT__REDUCE__METHOD reaches the CLI as it reaches HVRT.reduce."""
     path = _cfg(tmp_path, {"reduce": {"data": "sklearn:load_wine", "n": 5}})
     code = f"from pipelines.schema import load_config; print(load_config({path!r}).reduce.method)"
-    env = dict(os.environ, DASK_HVRT__REDUCE__METHOD="stratified", PYTHONPATH=os.getcwd())
+    env = dict(os.environ, DASK_HVRT__REDUCE__METHOD="stratified", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "stratified"
 

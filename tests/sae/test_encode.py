@@ -119,3 +119,30 @@ def test_sample_feature_subset_matches_full(tmp_path, arch):
     full = enc.encode(torch.from_numpy(x.reshape(-1, 12))).reshape(6, 9, 40).numpy()
     sub = enc.encode_sample_features(torch.from_numpy(x), torch.from_numpy(feats)).numpy()
     np.testing.assert_array_equal(sub, np.take_along_axis(full, feats[:, None, :].repeat(9, 1), 2))
+
+
+def test_auto_batch_size_closed_form(monkeypatch):
+    """CPU: fraction/4 of available RAM per bytes_per_sample, capped at CPU_MAX_TOKENS tokens and
+    CPU_MAX_LATENTS latents, at least 1 (the documented rule, hand-computed)."""
+    import types
+
+    import psutil
+
+    from hvrt_dask.sae import encode as E
+
+    assert E.bytes_per_sample(10, 3, 5) == 10 * (5 * 12 + 3 * 12) == 960
+    dev = torch.device("cpu")
+    avail = {"bytes": 0}
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=avail["bytes"]))
+    per = E.bytes_per_sample(16, 8, 32)
+    avail["bytes"] = 8 * per * 7 + 5  # fraction 0.5 / 4 → 7 samples' worth
+    assert E.auto_batch_size(16, 8, 32, dev) == 7
+    assert E.resolve_batch_size("auto", 16, 8, 32, dev) == 7
+    avail["bytes"] = 8 * per * 7 - 5
+    assert E.auto_batch_size(16, 8, 32, dev) == 6
+    avail["bytes"] = 2**50  # plenty of RAM: the token cap, then the latent cap
+    assert E.auto_batch_size(128, 8, 32, dev) == E.CPU_MAX_TOKENS // 128
+    assert E.auto_batch_size(64, 8, 2**16, dev) == E.CPU_MAX_LATENTS // (64 * 2**16) == 8
+    assert E.auto_batch_size(64, 8, 2**16, dev, fraction=0.25) == 8
+    avail["bytes"] = 0
+    assert E.auto_batch_size(16, 8, 32, dev) == 1

@@ -105,6 +105,23 @@ def test_html_with_ids(result, tmp_path):
     root, r = result
     page = open(export_html(r.path, tmp_path / "p.html", features=range(3, 6))).read()
     assert page.count("<h2") == 3 and "Feature 3" in page and "Feature 6" not in page
+    # each feature's section shows the output's values: its maximum and every top example
+    # (rank, sample, position, value) with the example's own token outlined at that value
+    from hvrt_dask.sae.output import open_output
+
+    ds = open_output(r.path).load()
+    sections = page.split("<h2 id='f")[1:]
+    for f, sec in zip(range(3, 6), sections):
+        assert sec.startswith(f"{f}'>Feature {f}")
+        assert f"max {float(ds.max_activation.values[f]):.4g} · density {float(ds.density.values[f]):.3g}" in sec
+        live = [r_ for r_ in range(ds.sizes["rank"]) if ds.topk_sample.values[f, r_] >= 0]
+        assert sec.count("<div class='ex'>") == min(len(live), 10) > 0
+        for r_ in live[:10]:
+            v = float(ds.topk_value.values[f, r_])
+            s_, p_ = int(ds.topk_sample.values[f, r_]), int(ds.topk_position.values[f, r_])
+            ex = sec.split(f"#{r_} s{s_} p{p_} {v:.4g}</span>")[1].split("</div>")[0]
+            assert f"class='t prime' style='background:rgba(255,120,0,{v / float(ds.max_activation.values[f]):.3f})' " \
+                   f"title='id {int(ds.window_tokens.values[f, r_, list(ds.window_offset.values).index(0)])} · act {v:.4g}'" in ex
     assert "rgba(255,120,0," in page and "[" in page  # ids shown in brackets
     with pytest.raises(ValueError, match="out of range"):
         export_html(r.path, tmp_path / "q.html", features=[99])

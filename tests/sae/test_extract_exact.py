@@ -26,6 +26,7 @@ from hvrt_dask.sae.output import is_complete, open_output
 from hvrt_dask.sae.stats import histogram_edges
 
 K, PRE, SUF = 6, 3, 2
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 VARS = ("topk_value", "topk_sample", "topk_position", "window_tokens", "window_acts", "max_activation",
         "n_active_tokens", "n_active_samples", "act_sum", "act_sumsq", "hist", "dead", "mean", "std", "density", "frequency")
 
@@ -187,32 +188,38 @@ def test_resume_after_injected_failure(data, baseline, tmp_path):
 def test_resume_after_killed_process(data, baseline, tmp_path):
     """A subprocess extracting chunk by chunk is SIGKILLed mid-run; the resumed output is identical."""
     out = tmp_path / "o"
+    ready = tmp_path / "ready"
+    # after 5 chunks the subprocess parks every further chunk task (it is killed there): the kill
+    # lands mid-run whatever the machine's speed; no sleep decides the outcome
     script = textwrap.dedent(
         f"""
-        import time
+        import itertools, os, threading, time
         import hvrt_dask.sae.extract.first_pass as fp
         orig = fp.extract_block
-        def slow(*args):
-            part = orig(*args)
-            time.sleep(0.4)
-            return part
-        fp.extract_block = slow
+        calls = itertools.count(1)
+        lock = threading.Lock()
+        def parked(*args):
+            with lock:
+                n = next(calls)
+            if n > 5:
+                open({str(ready)!r}, "w").close()
+                time.sleep(3600)
+            return orig(*args)
+        fp.extract_block = parked
         from hvrt_dask.sae.extract import extract_features
         extract_features({data['store']!r}, {data['sae']!r}, {str(out)!r}, top_k={K}, prefix={PRE},
                             suffix={SUF}, chunk_samples=4, progress=False)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": ROOT})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline = time.time() + 300  # generous: only a hung subprocess reaches it
+        while time.time() < deadline and proc.poll() is None:
             pdir = out / "partials"
-            if pdir.exists() and len([p for p in os.listdir(pdir) if p.endswith(".done")]) >= 5:
-                break
-            if proc.poll() is not None:
+            if ready.exists() and pdir.exists() and len([p for p in os.listdir(pdir) if p.endswith(".done")]) >= 5:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the extraction finished before it could be killed"
+        assert proc.poll() is None, "the extraction ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -256,16 +263,13 @@ def test_window_pass_plans_identical(data, baseline, tmp_path, monkeypatch, vari
 @pytest.mark.parametrize("tiles", [None, (2,)])
 def test_window_pass_other_architectures(data, tmp_path, monkeypatch, arch, tiles):
     """Windows of jumprelu (thresholds of a feature subset) and topk (token thresholds) SAEs."""
-    from hvrt_dask.sae.encode import encode_numpy
-
     ex = windows
-    from hvrt_dask.sae.weights import load_sae
-
     if tiles is not None:
         monkeypatch.setattr(ex, "WINDOW_TILES", tiles)
         monkeypatch.setattr(ex, "WINDOW_ROW_OVERHEAD", 0)
-    make_sae(tmp_path / "sae", d_in=12, d_sae=40, arch=arch, k=4)
-    z = encode_numpy(load_sae(tmp_path / "sae"), data["acts"])
+    tensors, cfg = make_sae(tmp_path / "sae", d_in=12, d_sae=40, arch=arch, k=4)
+    # float64 numpy encode from the documented formulas (dyadic data: exact), not the torch encoder
+    z = dense_latents(data["acts"], tensors, cfg).astype(np.float32)
     z[~data["mask"]] = 0
     r = extract_features(data["store"], tmp_path / "sae", tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF, progress=False)
     check_against_reference(open_output(r.path).load(), {**data, "z": z, "ref": sequential_reference(z, data["mask"], K)})
@@ -286,16 +290,27 @@ def test_feature_blocks_two_workers(data, baseline, tmp_path, client):
     assert_same(open_output(r.path).load(), baseline)
 
 
+def rescaled_topk(acts, tensors, cfg):
+    """numpy topk with ``rescale_acts_by_decoder_norm``: the pre-activations are exact in float32
+    (dyadic data); each is multiplied once, in float32, by its decoder row norm (float64 norm
+    rounded to float32, as documented); keep the k largest, ties to the lower index; ReLU."""
+    x = acts.astype(np.float64) - tensors["b_dec"]
+    pre = (x @ tensors["W_enc"].astype(np.float64) + tensors["b_enc"]).astype(np.float32)
+    norms = np.sqrt((tensors["W_dec"].astype(np.float64) ** 2).sum(1)).astype(np.float32)
+    r = pre * norms  # float32 * float32: one rounding, as on any device
+    idx = np.argsort(-r, axis=-1, kind="stable")[..., : cfg["k"]]
+    z = np.zeros_like(r)
+    np.put_along_axis(z, idx, np.maximum(np.take_along_axis(r, idx, -1), 0), -1)
+    return z
+
+
 @pytest.mark.parametrize("arch,rescale", [("topk", False), ("topk", True), ("jumprelu", False)])
 @pytest.mark.parametrize("feature_block", [7, 40])
 def test_other_architectures_across_blocks(data, tmp_path, arch, rescale, feature_block):
     """topk thresholds merged across blocks (and jumprelu block thresholds) against the dense reference."""
-    from hvrt_dask.sae.encode import encode_numpy
-    from hvrt_dask.sae.weights import load_sae
-
     tensors, cfg = make_sae(tmp_path / "sae", d_in=12, d_sae=40, arch=arch, k=4, rescale=rescale)
-    if rescale:  # decoder norms are not dyadic: the reference is the whole-SAE float32 encoder
-        z = encode_numpy(load_sae(tmp_path / "sae"), data["acts"])
+    if rescale:  # decoder norms are not dyadic: exact pre (float32) times float32 norms, one rounding
+        z = rescaled_topk(data["acts"], tensors, cfg)
     else:  # float64 dense encode; topk ties at the k-th place go to the lower feature index
         z = dense_latents(data["acts"], tensors, cfg).astype(np.float32)
     z[~data["mask"]] = 0
