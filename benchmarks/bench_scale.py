@@ -122,7 +122,7 @@ class Cluster:
                 p.wait()
 
 
-def run(n: int, workdir: str, shuffle: str) -> list[dict]:
+def run(n: int, workdir: str, shuffle: str, only: tuple[str, ...] = ("fit", "expand", "reduce")) -> list[dict]:
     import dask
     from distributed import Client
     from distributed.protocol.utils import nbytes
@@ -160,6 +160,7 @@ def run(n: int, workdir: str, shuffle: str) -> list[dict]:
                 ("reduce(ratio=0.01) → Zarr", lambda: model.reduce(ratio=0.01,
                                                                    output=os.path.join(workdir, "reduce.zarr"))),
             ]
+            stages = [st for st in stages if st[0].startswith("fit") or st[0].split(" ")[0].split("(")[0] in only]
             with dask.config.set({"hvrt.expand.shuffle": shuffle}):
                 for name, fn in stages:
                     pids = cl.pids()
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="hvrt.expand.shuffle for the expand stage")
     ap.add_argument("--note", default="shared 2-core machine: 3 other sessions were running tests at the same time")
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--stages", default="fit,expand,reduce",
+                    help="comma-separated stages to time (fit always runs: the others need it)")
     ap.add_argument("--fit-ratio", type=int, default=0, metavar="ROWS",
                     help="only append the in-memory fit ratio vs the peer at ROWS rows to --out")
     args = ap.parse_args(argv)
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in [int(s) for s in args.rows.split(",")]:
         workdir = tempfile.mkdtemp(prefix="hvrt_bench_scale_")
         try:
-            rows += run(n, workdir, args.shuffle)
+            rows += run(n, workdir, args.shuffle, tuple(args.stages.split(",")))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)  # our own temporary directory
         text = render(rows, args.shuffle, args.note)
