@@ -147,7 +147,7 @@ def test_epanechnikov_bandwidth_scale_refused(bad):
 def test_epanechnikov_unknown_parameter_named():
     _, X, parts = _three_partitions()
     with pytest.raises(ValueError, match=r"generation strategy 'epanechnikov' got unknown parameter\(s\) \['bandwith'\]; "
-                                         r"known: \['bandwidth_scale', 'variance_preserving'\]"):
+                                         r"known: \['bandwidth_scale', 'shape', 'variance_preserving'\]"):
         EpanechnikovStrategy().prepare(X, parts, {"bandwith": 1.0})
 
 
