@@ -344,3 +344,23 @@ def test_overflowing_statistics_named(env):
     with pytest.raises(NonFiniteStatisticError, match=r"feature \d+: statistic"):
         run(env)
     assert not is_complete(env / "out")
+
+
+def test_checkpoint_removal_refuses_what_is_not_ours(tmp_path):
+    """The checkpoint clean-up deletes nothing in a folder without our marker, nor through a
+    ``partials`` symlink that leads out of our output."""
+    from hvrt_dask import ownership
+    from hvrt_dask.sae.extract import checkpoint as ckpt
+    from hvrt_dask.sae.extract.api import KIND
+
+    user = tmp_path / "user"
+    (user / ckpt.PARTIALS).mkdir(parents=True)
+    (user / ckpt.PARTIALS / "chunk-0000000-block-00000.npz").write_bytes(b"user data")
+    with pytest.raises(OwnershipError):
+        ckpt.remove_partials(str(user), KIND)
+    mine = tmp_path / "mine"
+    ownership.claim(mine, KIND)
+    os.symlink(user / ckpt.PARTIALS, mine / ckpt.PARTIALS)
+    with pytest.raises(OwnershipError):
+        ckpt.remove_partials(str(mine), KIND)
+    assert (user / ckpt.PARTIALS / "chunk-0000000-block-00000.npz").read_bytes() == b"user data"

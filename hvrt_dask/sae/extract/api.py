@@ -245,7 +245,7 @@ def extract_features(
         "n_resumed": n_resumed,
         "workers": sorted({w for m in metas for w in m["workers"]}),
     }
-    ckpt.remove_partials(partials_dir)
+    ckpt.remove_partials(out, KIND)
     timings["output_disk_bytes"] = _disk_bytes(out)
     timings["total_s"] = time.perf_counter() - t_start
     finalize_output(out, {

@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 
+from hvrt_dask import ownership
 from hvrt_dask.sae import range_examples as _rx
 from hvrt_dask.sae import topk as _topk
 
@@ -162,8 +163,15 @@ def read_run(out: str) -> dict | None:
     return read_done(os.path.join(out, PARTIALS, RUN_FILE))
 
 
-def remove_partials(partials_dir: str) -> None:
-    """Delete the checkpoints this module wrote (known names only), then the folder if empty."""
+def remove_partials(out: str, kind: str) -> None:
+    """Delete the checkpoints this module wrote under ``out`` (known names only), then the
+    folder if empty. Refuses unless ``out`` carries our ownership marker of ``kind`` and the
+    partials folder, symlinks resolved, lies directly inside it."""
+    out_r = ownership.resolve(out)
+    partials_dir = ownership.resolve(os.path.join(out, PARTIALS))
+    if not ownership.owned_by(out_r, kind) or os.path.dirname(partials_dir) != out_r:
+        raise ownership.OwnershipError(f"refusing to delete checkpoints in {partials_dir!r}: not inside an output "
+                                       f"that hvrt_dask wrote as {kind!r}")
     if not os.path.isdir(partials_dir):
         return
     for name in os.listdir(partials_dir):
