@@ -42,6 +42,7 @@ __all__ = [
     "IncompleteOutputError",
     "resolve",
     "read_owner",
+    "read_json",
     "owned_by",
     "check_output_path",
     "claim",
@@ -104,7 +105,8 @@ def _write_json_atomic(fn: str, payload: dict[str, Any]) -> None:
         raise
 
 
-def _read_json(fn: str) -> dict[str, Any] | None:
+def read_json(fn: str) -> dict[str, Any] | None:
+    """A small JSON record (a dict), or None when absent, unreadable or not an object."""
     try:
         with open(fn) as f:
             obj = json.load(f)
@@ -118,7 +120,7 @@ def read_owner(path: str | os.PathLike) -> dict[str, Any] | None:
     p = resolve(path)
     if not os.path.lexists(p):
         return None
-    marker = _read_json(_owner_path(p))
+    marker = read_json(_owner_path(p))
     if marker is None or not isinstance(marker.get("kind"), str):
         return None
     return marker
@@ -281,7 +283,7 @@ def read_complete(out: str | os.PathLike) -> dict[str, Any] | None:
     o = resolve(out)
     if not os.path.isdir(o):
         return None
-    rec = _read_json(os.path.join(o, COMPLETE_FILE))
+    rec = read_json(os.path.join(o, COMPLETE_FILE))
     return rec if rec is not None and rec.get("complete") is True else None
 
 

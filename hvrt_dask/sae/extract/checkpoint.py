@@ -87,12 +87,7 @@ def save_done(done: str, info: dict) -> None:
 
 def read_done(done: str) -> dict | None:
     """A done marker's record, or None when absent/unreadable."""
-    try:
-        with open(done) as f:
-            obj = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
+    return ownership.read_json(done)
 
 
 def save_partial(partials_dir: str, cid: int, j: int, partial: dict, fingerprint: str) -> dict:
