@@ -32,7 +32,7 @@ import dask.array as da
 import numpy as np
 
 from hvrt_dask import config
-from hvrt_dask.hvrt import _tree
+from hvrt_dask.hvrt import _tree, permutation
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 
 LOCAL_MIN_ROWS = 5000  # below this, one in-memory chunk: thread start-up costs more than it saves
@@ -268,15 +268,19 @@ def _typed(df: Any, dtypes: dict[str, Any]) -> Any:
     return df.astype(dtypes)
 
 
-def unpack_block(df: Any, bounds: np.ndarray, partition_info: dict | None = None) -> Any:
-    """One output chunk with its rows placed at their canonical positions (checked)."""
+def unpack_block(df: Any, bounds: np.ndarray, relabel: Any = None, partition_info: dict | None = None) -> Any:
+    """One output chunk with its rows placed at their canonical positions (checked).
+
+    ``relabel(c, size)``, when given, maps the keyed positions inside chunk ``c`` (a
+    permutation of ``range(size)``) to the final ones.
+    """
     c = int(partition_info["number"])
     start, size = int(bounds[c]), int(bounds[c + 1] - bounds[c])
     loc = df["pos"].to_numpy(dtype=np.int64) - start
     take = np.full(size, -1, dtype=np.int64)
     ok = len(loc) == size and (loc >= 0).all() and (loc < size).all()
     if ok:
-        take[loc] = np.arange(size)
+        take[loc if relabel is None else relabel(c, size)[loc]] = np.arange(size)
         ok = bool((take >= 0).all())
     if not ok:
         raise RuntimeError(
@@ -286,14 +290,16 @@ def unpack_block(df: Any, bounds: np.ndarray, partition_info: dict | None = None
     return df.iloc[take].drop(columns=[k for k in ("_partitions", "pos") if k in df.columns])
 
 
-def place_rows(keyed: da.Array, bounds: np.ndarray, dtypes: dict[str, Any], method: str) -> da.Array:
+def place_rows(
+    keyed: da.Array, bounds: np.ndarray, dtypes: dict[str, Any], method: str, relabel: Any = None
+) -> da.Array:
     """Move rows to the output chunks given by their keys with Dask's shuffle.
 
     ``keyed`` holds, per row, ``[destination chunk, position, *payload]`` (float64; integers
     exact below 2**53). Output chunk ``c`` holds positions ``bounds[c]:bounds[c + 1]`` in
     order. ``dtypes`` names the payload columns and the dtypes they travel in. Returns the
     payload as one float64 dask array with exactly those row chunks (one conversion, so
-    the shuffle appears once in the graph).
+    the shuffle appears once in the graph). ``relabel``: see :func:`unpack_block`.
     """
     import dask.dataframe as dd
     from dask.dataframe.dask_expr import new_collection
@@ -305,7 +311,7 @@ def place_rows(keyed: da.Array, bounds: np.ndarray, dtypes: dict[str, Any], meth
     # The destination chunk id *is* the output partition (no hashing): the low-level
     # shuffle expression that set_index/shuffle lower to, with that column given directly.
     shuffled = new_collection(Shuffle(frame.expr, "_partitions", len(bounds) - 1, True, method))
-    placed = shuffled.map_partitions(unpack_block, bounds, meta=frame._meta.drop(columns=_KEYS))
+    placed = shuffled.map_partitions(unpack_block, bounds, relabel, meta=frame._meta.drop(columns=_KEYS))
     return placed.astype(np.float64).to_dask_array(lengths=tuple(np.diff(bounds).tolist()))
 
 
@@ -339,13 +345,6 @@ def shuffle_rows(
     return placed[:, 1:].astype(store_dtype), placed[:, 0].astype(np.int64)
 
 
-def expand_permutation(seed: int, call: int, n: int) -> np.ndarray:
-    """Where each canonical output row of one ``expand`` call goes (``hvrt.expand.shuffle: global``)."""
-    from hvrt_dask._seeding import generator
-
-    return generator(seed, "expand-shuffle", call).permutation(n)
-
-
 def _key_permuted(block: np.ndarray, dest: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     out = np.empty((len(block), 2 + block.shape[1]), dtype=np.float64)
     out[:, 0] = np.searchsorted(bounds, dest, side="right") - 1
@@ -354,23 +353,70 @@ def _key_permuted(block: np.ndarray, dest: np.ndarray, bounds: np.ndarray) -> np
     return out
 
 
-def permute_rows(arr: da.Array, seed: int, call: int, chunk_rows: int, method: str) -> da.Array:
-    """``arr[inv]`` with ``inv`` the inverse of ``generator(seed, "expand-shuffle", call).permutation(n)``.
+def _arrival_keys(seed: int, call: int, a: int, b: int, bounds: np.ndarray, first: int, *columns: np.ndarray) -> np.ndarray:
+    """Canonical rows ``a:b``: destination block and global arrival slot (``permutation``).
 
-    Row ``i`` goes to position ``perm[i]``. The permutation is drawn by one task on a
-    worker (8 bytes per row there, nothing on the client) and the rows move with Dask's
-    shuffle into chunks of ``chunk_rows`` rows.
+    ``columns`` are the table columns of the grid blocks ``first, first + 1, ...`` that
+    overlap ``a:b``.
     """
-    n, d = int(arr.shape[0]), int(arr.shape[1])
-    # One task draws the permutation; one slicing task per block of ``arr`` (a hand-built
-    # graph: two layers, O(blocks) keys).
-    token = dask.base.tokenize(seed, call, n, arr.chunks[0])
-    name, src = f"hvrt-expand-permutation-{token}", ("hvrt-expand-permutation-source-" + token,)
+    keys = np.empty((b - a, 2), dtype=np.int64)
+    for k, col in enumerate(columns):
+        s = first + k
+        lo, hi = max(a, int(bounds[s])), min(b, int(bounds[s + 1]))
+        labels, arrival = permutation.source_arrivals(seed, call, s, col)
+        part = slice(lo - int(bounds[s]), hi - int(bounds[s]))
+        keys[lo - a:hi - a, 0] = labels[part]
+        keys[lo - a:hi - a, 1] = arrival[part] + bounds[labels[part]]
+    return keys
+
+
+def _key_arrivals(block: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    out = np.empty((len(block), 2 + block.shape[1]), dtype=np.float64)
+    out[:, :2] = keys
+    out[:, 2:] = block
+    return out
+
+
+@dataclass(frozen=True)
+class _DestinationOrder:
+    """``relabel`` for :func:`unpack_block`: arrival slot → final slot in a destination block."""
+
+    seed: int
+    call: int
+
+    def __call__(self, t: int, size: int) -> np.ndarray:
+        return permutation.destination_order(self.seed, self.call, t, size)
+
+
+def permute_rows(arr: da.Array, seed: int, call: int, chunk_rows: int, method: str) -> da.Array:
+    """Canonical row ``i`` of ``arr`` moved to ``permutation.expand_permutation(seed, call, n, chunk_rows)[i]``.
+
+    Nothing of size ``n`` exists anywhere: one task draws the block table
+    (``O((n / chunk_rows)**2)`` integers), one small task per grid block takes its column,
+    each chunk of ``arr`` keys its rows by (destination block, arrival slot), Dask's shuffle
+    moves them into chunks of ``chunk_rows`` rows, and each destination block puts its
+    arrivals in their final order.
+    """
+    n = int(arr.shape[0])
+    bounds = permutation.block_bounds(n, chunk_rows)
+    token = dask.base.tokenize(seed, call, n, chunk_rows, arr.chunks[0])
+    table, column, name = (f"hvrt-expand-permutation-{k}-{token}" for k in ("table", "column", "keys"))
+    dsk: dict = {table: (permutation.permutation_table, int(seed), int(call), n, int(chunk_rows))}
+    for s in range(len(bounds) - 1):
+        dsk[(column, s)] = (operator.getitem, table, (slice(None), s))
     edges = np.concatenate([[0], np.cumsum(arr.chunks[0])]).astype(np.int64)
-    dsk: dict = {src: (expand_permutation, int(seed), int(call), n)}
     for i in range(len(arr.chunks[0])):
-        dsk[(name, i)] = (operator.getitem, src, slice(int(edges[i]), int(edges[i + 1])))
-    return scatter_rows(arr, da.Array(dsk, name, chunks=(arr.chunks[0],), dtype=np.int64), chunk_rows, method)
+        a, b = int(edges[i]), int(edges[i + 1])
+        s0 = int(np.searchsorted(bounds, a, side="right")) - 1
+        s1 = int(np.searchsorted(bounds, b - 1, side="right")) if b > a else s0  # one past the last
+        cols = [(column, s) for s in range(s0, s1)]
+        dsk[(name, i, 0)] = (_arrival_keys, int(seed), int(call), a, b, bounds, s0, *cols)
+    keys = da.Array(dsk, name, chunks=(arr.chunks[0], (2,)), dtype=np.int64)
+    d = int(arr.shape[1])
+    keyed = da.blockwise(_key_arrivals, "ij", arr.rechunk({1: -1}), "ij", keys, "ik", concatenate=True,
+                         adjust_chunks={"j": 2 + d}, dtype=np.float64, meta=np.empty((0, 0)),
+                         name=f"hvrt-permute-{uuid.uuid4().hex}")
+    return place_rows(keyed, bounds, {c: np.float64 for c in _xcols(d)}, method, _DestinationOrder(int(seed), int(call)))
 
 
 def scatter_rows(arr: da.Array, dest: da.Array, chunk_rows: int, method: str) -> da.Array:

@@ -11,8 +11,9 @@
 6. Shuffle: the grouped output is in canonical (sorted partition id) order whatever the
    chunking; a seeded permutation keyed by ``(seed, "expand-shuffle", call)`` then fixes
    the row order. ``hvrt.expand.shuffle: global`` (default) applies one global permutation
-   (in memory a scatter; for lazy output the permutation is drawn by one worker task and
-   the rows move with Dask's P2P shuffle, nothing per row on the client), which makes the output
+   (:mod:`.permutation`: drawn block by block on a fixed grid of ``hvrt.expand.shuffle-block-rows``
+   rows; in memory a scatter, for lazy output the rows move with Dask's P2P shuffle and no
+   task holds all n positions, nothing per row on the client), which makes the output
    bit-identical across chunkings. ``blocks`` permutes rows inside each chunk and then the
    chunk order — no data movement, but the order then depends on the chunk layout.
 
@@ -38,7 +39,8 @@ from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt._columns import Decoder, per_column
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
-from hvrt_dask.hvrt._layout import expand_permutation, permute_rows, target_rows
+from hvrt_dask.hvrt._layout import permute_rows
+from hvrt_dask.hvrt.permutation import expand_permutation, shuffle_block_rows
 from hvrt_dask.hvrt.partitioned import active_client, external
 
 _NAMED_BW = ("scott", "silverman")
@@ -232,6 +234,7 @@ def expand_raw(
     shuffle = str(config.get("expand.shuffle", "global"))
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"hvrt.expand.shuffle must be one of {SHUFFLE_MODES}, got {shuffle!r}")
+    block = shuffle_block_rows() if shuffle == "global" else 0  # checked before any work
     g = model.grouped_ if X is None else external(model, X)
     budgets = expand_budgets(g.sizes, n, g.mean_abs_z, variance_weighted)
     call = model._next_call("expand")
@@ -250,7 +253,7 @@ def expand_raw(
     if g.local is not None:
         # Canonical row i goes to position dest[i]: one scatter per chunk, no concatenate.
         # Chunks run on threads for large outputs; each writes disjoint rows of ``out``.
-        dest = expand_permutation(seed, call, n) if shuffle == "global" else None
+        dest = expand_permutation(seed, call, n, block) if shuffle == "global" else None
         out = np.empty((n, spec.n_features), dtype=np.float64)
         offsets = np.concatenate([[0], np.cumsum(totals)]).astype(np.int64)
 
@@ -276,7 +279,7 @@ def expand_raw(
     )
     if shuffle == "global":  # the same order as the in-memory scatter, moved by a shuffle
         method = "p2p" if active_client() is not None else "tasks"
-        out = permute_rows(out, seed, call, target_rows(), method)
+        out = permute_rows(out, seed, call, block, method)
     elif shuffle == "blocks":
         order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
         out = da.concatenate([out.blocks[int(c)] for c in order if totals[c]], axis=0)
