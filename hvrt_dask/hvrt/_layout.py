@@ -271,8 +271,8 @@ def _typed(df: Any, dtypes: dict[str, Any]) -> Any:
 def unpack_block(df: Any, bounds: np.ndarray, relabel: Any = None, partition_info: dict | None = None) -> Any:
     """One output chunk with its rows placed at their canonical positions (checked).
 
-    ``relabel(c, size)``, when given, maps the keyed positions inside chunk ``c`` (a
-    permutation of ``range(size)``) to the final ones.
+    ``relabel(c, size)``, when given, says which keyed position (inside chunk ``c``) ends
+    at each final position: a permutation of ``range(size)`` applied after placing.
     """
     c = int(partition_info["number"])
     start, size = int(bounds[c]), int(bounds[c + 1] - bounds[c])
@@ -280,8 +280,10 @@ def unpack_block(df: Any, bounds: np.ndarray, relabel: Any = None, partition_inf
     take = np.full(size, -1, dtype=np.int64)
     ok = len(loc) == size and (loc >= 0).all() and (loc < size).all()
     if ok:
-        take[loc if relabel is None else relabel(c, size)[loc]] = np.arange(size)
+        take[loc] = np.arange(size)
         ok = bool((take >= 0).all())
+        if relabel is not None:
+            take = take[relabel(c, size)]
     if not ok:
         raise RuntimeError(
             f"output chunk {c} received {len(loc)} rows for {size} canonical positions: the "
@@ -353,33 +355,9 @@ def _key_permuted(block: np.ndarray, dest: np.ndarray, bounds: np.ndarray) -> np
     return out
 
 
-def _arrival_keys(seed: int, call: int, a: int, b: int, bounds: np.ndarray, first: int, *columns: np.ndarray) -> np.ndarray:
-    """Canonical rows ``a:b``: destination block and global arrival slot (``permutation``).
-
-    ``columns`` are the table columns of the grid blocks ``first, first + 1, ...`` that
-    overlap ``a:b``.
-    """
-    keys = np.empty((b - a, 2), dtype=np.int64)
-    for k, col in enumerate(columns):
-        s = first + k
-        lo, hi = max(a, int(bounds[s])), min(b, int(bounds[s + 1]))
-        labels, arrival = permutation.source_arrivals(seed, call, s, col)
-        part = slice(lo - int(bounds[s]), hi - int(bounds[s]))
-        keys[lo - a:hi - a, 0] = labels[part]
-        keys[lo - a:hi - a, 1] = arrival[part] + bounds[labels[part]]
-    return keys
-
-
-def _key_arrivals(block: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    out = np.empty((len(block), 2 + block.shape[1]), dtype=np.float64)
-    out[:, :2] = keys
-    out[:, 2:] = block
-    return out
-
-
 @dataclass(frozen=True)
 class _DestinationOrder:
-    """``relabel`` for :func:`unpack_block`: arrival slot → final slot in a destination block."""
+    """``relabel`` for :func:`unpack_block`: the arrival that ends at each slot of a destination block."""
 
     seed: int
     call: int
@@ -407,13 +385,11 @@ def permute_rows(arr: da.Array, seed: int, call: int, chunk_rows: int, method: s
     edges = np.concatenate([[0], np.cumsum(arr.chunks[0])]).astype(np.int64)
     for i in range(len(arr.chunks[0])):
         a, b = int(edges[i]), int(edges[i + 1])
-        s0 = int(np.searchsorted(bounds, a, side="right")) - 1
-        s1 = int(np.searchsorted(bounds, b - 1, side="right")) if b > a else s0  # one past the last
-        cols = [(column, s) for s in range(s0, s1)]
-        dsk[(name, i, 0)] = (_arrival_keys, int(seed), int(call), a, b, bounds, s0, *cols)
-    keys = da.Array(dsk, name, chunks=(arr.chunks[0], (2,)), dtype=np.int64)
+        cols = [(column, s) for s in permutation.overlapping_blocks(bounds, a, b)]
+        dsk[(name, i)] = (permutation.arrival_slots, int(seed), int(call), a, b, bounds, cols)
+    slots = da.Array(dsk, name, chunks=(arr.chunks[0],), dtype=np.int64)
     d = int(arr.shape[1])
-    keyed = da.blockwise(_key_arrivals, "ij", arr.rechunk({1: -1}), "ij", keys, "ik", concatenate=True,
+    keyed = da.blockwise(_key_permuted, "ij", arr.rechunk({1: -1}), "ij", slots, "i", bounds, None,
                          adjust_chunks={"j": 2 + d}, dtype=np.float64, meta=np.empty((0, 0)),
                          name=f"hvrt-permute-{uuid.uuid4().hex}")
     return place_rows(keyed, bounds, {c: np.float64 for c in _xcols(d)}, method, _DestinationOrder(int(seed), int(call)))

@@ -34,13 +34,14 @@ import numpy as np
 
 from hvrt_dask import config
 from hvrt_dask._seeding import generator
+from hvrt_dask._threads import map_local
 from hvrt_dask.hvrt import output as _output
 from hvrt_dask.hvrt._budgets import expand_budgets
 from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt._columns import Decoder, per_column
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
 from hvrt_dask.hvrt._layout import permute_rows
-from hvrt_dask.hvrt.permutation import expand_permutation, shuffle_block_rows
+from hvrt_dask.hvrt.permutation import arrival_slots, block_bounds, permutation_table, settle, shuffle_block_rows
 from hvrt_dask.hvrt.partitioned import active_client, external
 
 _NAMED_BW = ("scott", "silverman")
@@ -201,6 +202,17 @@ class _Post:
         return out
 
 
+def _arrival_slots(seed: int, call: int, n: int, block: int) -> np.ndarray:
+    """Arrival slot of every canonical row (:func:`.permutation.arrival_slots`), block by block."""
+    bounds = block_bounds(n, block)
+    table = permutation_table(seed, call, n, block)
+    parts = map_local(
+        lambda s: arrival_slots(seed, call, int(bounds[s]), int(bounds[s + 1]), bounds, [table[:, s]]),
+        len(bounds) - 1, n,
+    )
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
 def _gen_chunk(Xraw, ctx, strategy, b, table, seed, call, post) -> np.ndarray:
     rngs = [generator(seed, "expand", call, int(pid)) for pid in table.ids]
     Z, base = strategy.generate(ctx, np.asarray(b, dtype=np.int64), rngs)
@@ -253,15 +265,17 @@ def expand_raw(
     if g.local is not None:
         # Canonical row i goes to position dest[i]: one scatter per chunk, no concatenate.
         # Chunks run on threads for large outputs; each writes disjoint rows of ``out``.
-        dest = expand_permutation(seed, call, n, block) if shuffle == "global" else None
+        # Global order in two cache-friendly passes: each chunk writes its rows into their
+        # destination blocks in arrival order, then each block settles into its final order.
+        slots = _arrival_slots(seed, call, n, block) if shuffle == "global" else None
         out = np.empty((n, spec.n_features), dtype=np.float64)
         offsets = np.concatenate([[0], np.cumsum(totals)]).astype(np.int64)
 
         def run(c: int):
             part = _gen_chunk(g.local["X"][c], entry.local[c], strategy, chunk_budgets[c], g.tables[c], seed, call, post)
             a, b = offsets[c], offsets[c + 1]
-            if dest is not None:
-                out[dest[a:b]] = part
+            if slots is not None:
+                out[slots[a:b]] = part
             elif shuffle == "none":
                 out[a:b] = part
             else:
@@ -269,6 +283,9 @@ def expand_raw(
             return None
 
         parts = g.chunk_map(run, n)
+        if slots is not None:
+            bounds = block_bounds(n, block)
+            map_local(lambda t: settle(out[bounds[t] : bounds[t + 1]], seed, call, t), len(bounds) - 1, n)
         if shuffle == "blocks":
             order = generator(seed, "expand-chunk-order", call).permutation(g.n_chunks)
             out = np.concatenate([parts[c] for c in order], axis=0)

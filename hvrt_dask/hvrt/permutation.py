@@ -10,13 +10,12 @@ positions:
    destination block ``t``, is drawn source block by source block from the multivariate
    hypergeometric law over the destination blocks' remaining room
    (``generator(seed, "expand-shuffle", call, "table")``).
-2. **Sources.** A uniformly random order of source block ``s``'s rows
-   (``generator(seed, "expand-shuffle", call, "source", s)``) is cut into runs of ``T[s, t]``
-   rows; run ``t`` goes to destination block ``t``.
-3. **Destinations.** The rows reaching block ``t`` are numbered ``j`` by source block, then
-   by their place in the run, and row ``j`` lands at
-   ``bounds[t] + pi_t[j]`` with ``pi_t = generator(seed, "expand-shuffle", call, "dest",
-   t).permutation(size_t)``.
+2. **Sources.** Inside source block ``s`` the destination blocks are a uniformly random
+   arrangement of ``T[s]`` labels (``generator(seed, "expand-shuffle", call, "source", s)``).
+3. **Destinations.** The rows reaching block ``t`` are numbered in canonical order
+   (``j``: rows from earlier source blocks, then rank inside ``s``); position ``k`` of the
+   block receives arrival ``sigma_t[k]``, ``sigma_t = generator(seed, "expand-shuffle", call,
+   "dest", t).permutation(size_t)``.
 
 Each stage is uniform given the ones before, so the result is a uniformly random
 permutation. Memory: the table is ``O((n / block)**2)`` small integers on one worker; a
@@ -24,6 +23,8 @@ source or destination task touches ``O(block)`` rows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -76,33 +77,64 @@ def permutation_table(seed: int, call: int, n: int, block: int) -> np.ndarray:
 def source_arrivals(seed: int, call: int, s: int, table_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every row of source block ``s``: its destination block and arrival number there.
 
-    ``table_rows`` is ``permutation_table(...)[:, s]`` (the block's counts and offsets). A
-    uniformly random order of the block's rows is cut into runs of ``counts[t]`` rows: run
-    ``t`` goes to block ``t`` and arrives there in run order.
+    ``table_rows`` is ``permutation_table(...)[:, s]`` (the block's counts and offsets). The
+    destination labels are a uniformly random arrangement of ``counts[t]`` copies of each
+    ``t``; rows bound for the same block arrive in canonical order (so an in-memory scatter
+    writes each destination run sequentially).
     """
     counts, offsets = table_rows[0], table_rows[1]
-    m = int(counts.sum())
-    order = generator(seed, "expand-shuffle", call, "source", int(s)).permutation(m)
-    labels, arrival = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64)
-    run = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    labels[order] = run
-    arrival[order] = np.arange(m, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - offsets, counts)
-    return labels, arrival
+    # uint16 labels when they fit: the stable sort below is then a linear radix sort.
+    dtype = np.uint16 if len(counts) <= np.iinfo(np.uint16).max else np.int64
+    labels = np.repeat(np.arange(len(counts), dtype=dtype), counts)
+    labels = generator(seed, "expand-shuffle", call, "source", int(s)).permutation(labels)
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    labels = labels.astype(np.int64)
+    return labels, offsets[labels] + rank
 
 
 def destination_order(seed: int, call: int, t: int, size: int) -> np.ndarray:
-    """Position inside destination block ``t`` of its ``j``-th arriving row."""
+    """Which arrival (``j``) ends at each position of destination block ``t``."""
     return generator(seed, "expand-shuffle", call, "dest", int(t)).permutation(int(size))
 
 
+def arrival_slots(seed: int, call: int, a: int, b: int, bounds: np.ndarray, columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Global arrival slot ``bounds[t] + j`` of canonical rows ``a:b``.
+
+    ``columns`` are the table columns ``permutation_table(...)[:, s]`` of the grid blocks
+    overlapping ``a:b``, in order (the first holds row ``a``).
+    """
+    out = np.empty(b - a, dtype=np.int64)
+    s = int(np.searchsorted(bounds, a, side="right")) - 1
+    for col in columns:
+        lo, hi = max(a, int(bounds[s])), min(b, int(bounds[s + 1]))
+        labels, arrival = source_arrivals(seed, call, s, col)
+        part = slice(lo - int(bounds[s]), hi - int(bounds[s]))
+        out[lo - a:hi - a] = arrival[part] + bounds[labels[part]]
+        s += 1
+    return out
+
+
+def overlapping_blocks(bounds: np.ndarray, a: int, b: int) -> range:
+    """Grid blocks that rows ``a:b`` touch."""
+    if b <= a:
+        return range(0)
+    return range(int(np.searchsorted(bounds, a, side="right")) - 1, int(np.searchsorted(bounds, b - 1, side="right")))
+
+
+def settle(block: np.ndarray, seed: int, call: int, t: int) -> None:
+    """Destination block ``t``, filled in arrival order, rearranged in place into its final order."""
+    np.take(block.copy(), destination_order(seed, call, t, len(block)), axis=0, out=block)  # a gather: cheaper than a scatter
+
+
 def expand_permutation(seed: int, call: int, n: int, block: int) -> np.ndarray:
-    """The whole permutation in memory: canonical row ``i`` goes to ``dest[i]``."""
+    """The whole permutation as one array: canonical row ``i`` goes to ``dest[i]`` (tests, docs)."""
     bounds = block_bounds(n, block)
     table = permutation_table(seed, call, n, block)
-    dest = np.empty(int(n), dtype=np.int64)
-    for s in range(len(bounds) - 1):
-        labels, arrival = source_arrivals(seed, call, s, table[:, s])
-        dest[bounds[s]:bounds[s + 1]] = arrival + bounds[labels]  # arrival order for now
-    orders = [destination_order(seed, call, t, bounds[t + 1] - bounds[t]) for t in range(len(bounds) - 1)]
-    final = np.concatenate(orders) + np.repeat(bounds[:-1], np.diff(bounds))
-    return final[dest]
+    final = np.arange(int(n), dtype=np.int64)
+    for t in range(len(bounds) - 1):
+        settle(final[bounds[t]:bounds[t + 1]], seed, call, t)
+    inverse = np.empty_like(final)
+    inverse[final] = np.arange(int(n), dtype=np.int64)
+    return inverse[arrival_slots(seed, call, 0, int(n), bounds, [table[:, s] for s in range(len(bounds) - 1)])]

@@ -177,3 +177,19 @@ def test_epanechnikov_variance_preserving_closed_form(s):
         np.testing.assert_allclose(var, sd[p] ** 2, rtol=0.06, atol=1e-4)  # preserved (a constant feature: floor noise only)
         # without it the kernel inflates each non-constant feature by scale²/5
         np.testing.assert_allclose(var_plain, sd[p] ** 2 + plain.scale[p] ** 2 / 5 * (sd[p] > 0), rtol=0.06, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(300_001,), (70_001, 3)])
+def test_epanechnikov_unit_matches_the_closed_form_law(shape):
+    """Kolmogorov–Smirnov against F(u) = (2 + 3u − u³)/4, and its moments (1/5, 3/35), across slab edges."""
+    from scipy import stats
+
+    from hvrt_dask.hvrt.generation._common import epanechnikov_unit
+
+    x = epanechnikov_unit(np.random.default_rng(4), shape)
+    assert x.shape == shape and np.abs(x).max() < 1.0
+    flat = x.reshape(-1)
+    assert stats.kstest(flat, lambda u: (2 + 3 * u - u**3) / 4).pvalue > 1e-3
+    np.testing.assert_allclose([flat.var(), np.mean(flat**4)], [1 / 5, 3 / 35], rtol=0.01)
+    # every slab is a fresh draw (a repeated slab would be a copy)
+    assert not np.array_equal(flat[:1000], flat[1 << 16 : (1 << 16) + 1000])
