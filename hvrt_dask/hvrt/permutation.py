@@ -58,14 +58,15 @@ def _hypergeometric_row(rng: np.random.Generator, room: np.ndarray, m: int) -> n
 
 
 def permutation_table(seed: int, call: int, n: int, block: int) -> np.ndarray:
-    """``[2, S, S]`` int64: the table ``T`` and, per destination, rows from earlier sources.
+    """``[2, S, S]`` integers: the table ``T`` and, per destination, rows from earlier sources.
 
     ``out[0, s, t]`` rows of source block ``s`` go to destination block ``t``; the first of
     them is the ``out[1, s, t]``-th row to arrive there (in canonical order).
     """
     sizes = np.diff(block_bounds(n, block))
     rng = generator(seed, "expand-shuffle", call, "table")
-    table = np.zeros((2, len(sizes), len(sizes)), dtype=np.int64)
+    # Every entry is at most one block's rows: int32 halves the one big object of the scheme.
+    table = np.zeros((2, len(sizes), len(sizes)), dtype=np.int32 if block < 2**31 else np.int64)
     room = sizes.copy()
     for s, m in enumerate(sizes):
         table[0, s] = _hypergeometric_row(rng, room, int(m))
