@@ -58,12 +58,16 @@ def _add_plugin(dask_scheduler: Any = None) -> None:
         dask_scheduler.add_plugin(TaskCounter(), name=TaskCounter.name)
 
 
-def _hwm_kib(pid: int) -> int:
+def _status_kib(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def _hwm_kib(pid: int) -> int:
+    return _status_kib(pid, "VmHWM")
 
 
 def _reset_hwm(pid: int) -> None:
@@ -166,6 +170,9 @@ def run(n: int, workdir: str, shuffle: str, only: tuple[str, ...] = ("fit", "exp
                     pids = cl.pids()
                     for pid in pids.values():
                         _reset_hwm(pid)
+                    # What the client already holds when the stage starts (the reset peak
+                    # starts there): separates a stage's own growth from what earlier left.
+                    start_mib = _status_kib(os.getpid(), "VmRSS") / 1024
                     t0_tasks, t0_bytes = client.run_on_scheduler(_plugin_tasks), sent["bytes"]
                     t0 = time.perf_counter()
                     fn()
@@ -173,7 +180,8 @@ def run(n: int, workdir: str, shuffle: str, only: tuple[str, ...] = ("fit", "exp
                     row = {"n": n, "stage": name, "wall_s": wall,
                            "tasks": client.run_on_scheduler(_plugin_tasks) - t0_tasks,
                            "graph_bytes": sent["bytes"] - t0_bytes,
-                           "hwm_mib": {k: _hwm_kib(p) / 1024 for k, p in pids.items()}}
+                           "hwm_mib": {k: _hwm_kib(p) / 1024 for k, p in pids.items()},
+                           "client_start_mib": start_mib}
                     if name.startswith("fit"):
                         row["partitions"], row["chunks"] = model.n_partitions_, model.grouped_.n_chunks
                     print(json.dumps(row), flush=True)
@@ -195,14 +203,14 @@ def render(rows: list[dict], shuffle: str, note: str) -> str:
         "received; graph = bytes of the serialized graphs the client sent.", "",
         f"**Machine load:** {note}", "", "## Machine", "", machine_description(), "",
         "## Results", "",
-        "| rows | stage | wall s | rows/s | tasks | graph MiB | client MiB | scheduler MiB | worker 0 MiB | worker 1 MiB |",
+        "| rows | stage | wall s | rows/s | tasks | graph MiB | client MiB (at start) | scheduler MiB | worker 0 MiB | worker 1 MiB |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         h = r["hwm_mib"]
         out.append(
             f"| {r['n']:,} | {r['stage']} | {r['wall_s']:.1f} | {r['n'] / r['wall_s']:,.0f} | {r['tasks']:,} | "
-            f"{r['graph_bytes'] / 2**20:.2f} | {h['client']:.0f} | {h['scheduler']:.0f} | "
+            f"{r['graph_bytes'] / 2**20:.2f} | {h['client']:.0f} ({r.get('client_start_mib', float('nan')):.0f}) | {h['scheduler']:.0f} | "
             f"{h['worker 0']:.0f} | {h['worker 1']:.0f} |")
     fits = [r for r in rows if r["stage"].startswith("fit")]
     out += ["", "Partitions / output chunks after fit: " + ", ".join(
