@@ -209,15 +209,14 @@ def write_range_examples(out: str, start: int, rows: dict[str, np.ndarray]) -> i
     n = len(rows["range_feature"])
     if not n:
         return 0
-    g = zarr.open_group(out, mode="r+")
-    chunk = g["range_feature"].chunks[0]
+    chunk = writable(out, "range_feature").chunks[0]
     padded = -(-n // chunk) * chunk
     nbytes = 0
     for name, (dtype, fill, _) in RANGE_ARRAYS.items():
         v = np.asarray(rows[name], dtype)
         buf = np.full((padded,) + v.shape[1:], fill, dtype)
         buf[:n] = v
-        g[name][start : start + padded] = buf
+        writable(out, name)[start : start + padded] = buf
         nbytes += buf.nbytes
     return nbytes
 
@@ -302,15 +301,37 @@ def write_block(out: str, lo: int, arrays: dict[str, np.ndarray]) -> int:
     """Write one feature block's per-feature arrays (:func:`block_arrays`) into features
     ``[lo, lo + width)``; returns the bytes handed to Zarr. The block starts on a feature
     chunk and ends on one or at ``d_sae``, so the write is chunk-aligned."""
-    import zarr
-
-    g = zarr.open_group(out, mode="r+")
     for name, a in arrays.items():
-        g[name][lo : lo + len(a)] = a
+        writable(out, name)[lo : lo + len(a)] = a
     return sum(a.nbytes for a in arrays.values())
 
 
 _LOCAL = threading.local()
+_ARRAYS: dict = {}
+_ARRAYS_MAX = 64
+
+
+def writable(out: str, name: str):
+    """Array ``name`` of output ``out`` opened for writing, cached per process while its
+    metadata file is unchanged (opening an array reads and parses its metadata: ~1-3 ms, paid
+    ~30 times per feature block otherwise). A re-created array (another run, a resume) has a
+    new metadata file, so it is opened again. Opened with ``write_empty_chunks`` (no all-fill
+    check: the callers write chunks that hold data)."""
+    import zarr
+
+    path = os.path.join(out, name)
+    st = os.stat(os.path.join(path, "zarr.json"))
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    hit = _ARRAYS.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    # every write hands Zarr whole chunks holding data (or a block's per-feature values):
+    # skip Zarr's all-fill check (slow with NaN fill; a runtime setting, not stored)
+    arr = zarr.open_array(path, mode="r+", zarr_format=3).with_config({"write_empty_chunks": True})
+    if len(_ARRAYS) >= _ARRAYS_MAX:
+        _ARRAYS.pop(next(iter(_ARRAYS)))
+    _ARRAYS[path] = (stamp, arr)
+    return arr
 
 
 def _buffers() -> dict:
@@ -339,8 +360,7 @@ def write_examples(out: str, lo: int, width: int, names: tuple[str, ...], coords
 
     if not len(coords[0]):
         return 0
-    g = zarr.open_group(out, mode="r+")
-    arrs = [g[n] for n in names]
+    arrs = [writable(out, n) for n in names]
     fc, c1 = arrs[0].chunks[:2]
     n1 = arrs[0].shape[1]
     per = -(-n1 // c1)  # chunks along dim 1
