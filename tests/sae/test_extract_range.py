@@ -13,6 +13,7 @@ import os
 import dask
 import numpy as np
 import pytest
+import zarr
 
 from _extract_data import dense_latents, make_sae, make_store
 from hvrt_dask.sae import range_examples as rx
@@ -154,6 +155,10 @@ def test_disabled(data, tmp_path):
     ds = open_output(run(data, tmp_path / "o", range_examples=0).path)
     assert not set(RANGE_ARRAYS) & set(ds.variables) and RANGE_DIM not in ds.sizes
     assert ds.attrs["config"]["range_examples"] == 0
+    # an output of format 2 (dense range arrays) is refused by every reader, naming the format
+    zarr.open_group(str(tmp_path / "o"), mode="r+").attrs["format"] = "hvrt_dask.sae_features/2"
+    with pytest.raises(ValueError, match="format 'hvrt_dask.sae_features/2' is not 'hvrt_dask.sae_features/3'"):
+        open_output(tmp_path / "o")
 
 
 def test_parameters_validated():
