@@ -51,6 +51,7 @@ import numpy as np
 
 from hvrt_dask import ownership
 from hvrt_dask.sae.codecs import fast_codec
+from hvrt_dask.sae.range_examples import OUTPUT_VARS
 from hvrt_dask.sae.stats import bin_bounds
 
 
@@ -254,7 +255,7 @@ def dense_range_examples(out, lo: int = 0, hi: int | None = None) -> dict[str, n
     rows = read_range_examples(g, lo, hi)
     where = (rows["range_feature"] - lo, rows["range_bin"], rows["range_slot"])
     out_ = {}
-    for name in ("range_sample", "range_value", "range_position", "range_window_tokens", "range_window_acts"):
+    for name in OUTPUT_VARS:
         dtype, fill, windowed = RANGE_ARRAYS[name]
         a = np.full((hi - lo, n_bins, m) + ((w,) if windowed else ()), fill, dtype)
         a[where] = rows[name]
