@@ -355,7 +355,7 @@ def _windows_and_write(ex: Executor, run: RunSpec, chunks: list[Chunk], blocks: 
     metas: list[dict] = [None] * len(blocks)  # type: ignore[list-item]
     range_rows = np.zeros(len(blocks), np.int64)
     if run.range_m:  # the blocks' example counts (O(blocks)) place each block's rows
-        chunk, range_rows, n_rows = create_range_layout(run, roots)
+        chunk, range_rows, n_rows = _range_rows(run, roots)
         create_range_examples(run.out, n_rows=n_rows, chunk=chunk, window=run.window)
 
     def make(b: Block):
@@ -387,7 +387,7 @@ def _windows_and_write(ex: Executor, run: RunSpec, chunks: list[Chunk], blocks: 
     return metas
 
 
-def create_range_layout(run: RunSpec, roots: list) -> tuple[int, np.ndarray, int]:
+def _range_rows(run: RunSpec, roots: list) -> tuple[int, np.ndarray, int]:
     """:func:`~hvrt_dask.sae.output.range_layout` of the blocks' range-example counts."""
     return range_layout([finish.block_range_count(r) for r in roots])
 
