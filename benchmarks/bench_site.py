@@ -49,6 +49,7 @@ def make_synthetic(path: str, d_sae: int, *, top_k: int, prefix: int, suffix: in
     """A complete extraction output with random but consistent contents, written per feature block."""
     import zarr
 
+    from hvrt_dask.sae.output import FORMAT
     from hvrt_dask.sae.range_examples import bins_of
     from hvrt_dask.sae.stats import bin_bounds, histogram_edges
 
@@ -83,15 +84,16 @@ def make_synthetic(path: str, d_sae: int, *, top_k: int, prefix: int, suffix: in
         "window_tokens": arr("window_tokens", ("feature", "rank", "window"), (d_sae, top_k, w), "int32", -1),
         "window_acts": arr("window_acts", ("feature", "rank", "window"), (d_sae, top_k, w), "float32", np.nan),
     }
-    if range_m:
-        rd = ("feature", "bin", "range_slot")
-        A.update({
-            "range_sample": arr("range_sample", rd, (d_sae, n_bins, range_m), "int64", -1),
-            "range_value": arr("range_value", rd, (d_sae, n_bins, range_m), "float32", np.nan),
-            "range_position": arr("range_position", rd, (d_sae, n_bins, range_m), "int32", -1),
-            "range_window_tokens": arr("range_window_tokens", rd + ("window",), (d_sae, n_bins, range_m, w), "int32", -1),
-            "range_window_acts": arr("range_window_acts", rd + ("window",), (d_sae, n_bins, range_m, w), "float32", np.nan),
-        })
+    if range_m:  # format 3: one row per example (hvrt_dask.sae.output), grown block by block
+        from hvrt_dask.sae.output import RANGE_ARRAYS  # noqa: PLC0415
+
+        for name, (dtype, fill, windowed) in RANGE_ARRAYS.items():
+            A[name] = g.create_array(name, shape=(0, w) if windowed else (0,), chunks=(4096, w) if windowed else (4096,),
+                                     dtype=dtype, fill_value=fill,
+                                     dimension_names=("range_example", "window") if windowed else ("range_example",))
+        A["range_start"] = arr("range_start", f1, (d_sae,), "int64", 0)
+        A["range_count"] = arr("range_count", f1, (d_sae,), "int32", 0)
+        n_rows = 0
     g.create_array("feature", shape=(d_sae,), dtype="int64", dimension_names=("feature",), chunks=(fc,))[:] = np.arange(d_sae)
     g.create_array("rank", shape=(top_k,), dtype="int64", dimension_names=("rank",))[:] = np.arange(top_k)
     g.create_array("window_offset", shape=(w,), dtype="int64", dimension_names=("window",))[:] = np.arange(-prefix, suffix + 1)
@@ -132,20 +134,25 @@ def make_synthetic(path: str, d_sae: int, *, top_k: int, prefix: int, suffix: in
         A["window_tokens"][a:a + n] = toks
         A["window_acts"][a:a + n] = acts.astype(np.float32)
         if range_m:
-            rs = np.full((n, n_bins, range_m), -1, np.int64)
             has = (hist > 0)[..., None] & (np.arange(range_m) < 3)[None, None, :]
-            rs[has] = rng.integers(0, n_samples, int(has.sum()))
-            rv = np.where(has, (lower[None, :, None] + (upper.clip(max=1e4)[None, :, None] - lower[None, :, None])
-                                * rng.uniform(0.1, 1, has.shape)), np.nan).astype(np.float32)
-            A["range_sample"][a:a + n] = rs
-            A["range_value"][a:a + n] = rv
-            A["range_position"][a:a + n] = np.where(has, rng.integers(0, seq, has.shape), -1).astype(np.int32)
-            A["range_window_tokens"][a:a + n] = np.where(has[..., None], rng.integers(1000, 30000, has.shape + (w,)), -1).astype(np.int32)
-            ra = np.where(has[..., None], rv[..., None] * rng.uniform(0, 1, has.shape + (w,)), np.nan)
-            ra[..., prefix] = rv
-            A["range_window_acts"][a:a + n] = ra.astype(np.float32)
+            f, b, sl = np.nonzero(has)  # sorted by (feature, bin, slot)
+            e = len(f)
+            rv = (lower[b] + (upper.clip(max=1e4)[b] - lower[b]) * rng.uniform(0.1, 1, e)).astype(np.float32)
+            ra = rv[:, None] * rng.uniform(0, 1, (e, w))
+            ra[:, prefix] = rv
+            rows = {"range_feature": a + f, "range_bin": b, "range_slot": sl,
+                    "range_sample": rng.integers(0, n_samples, e), "range_value": rv,
+                    "range_position": rng.integers(0, seq, e), "range_window_tokens": rng.integers(1000, 30000, (e, w)),
+                    "range_window_acts": ra}
+            for name, v in rows.items():
+                A[name].resize((n_rows + e,) + A[name].shape[1:])  # one writer: rows need not align to chunks
+                A[name][n_rows:] = np.asarray(v, A[name].dtype)
+            count = np.bincount(f, minlength=n)
+            A["range_count"][a:a + n] = count
+            A["range_start"][a:a + n] = n_rows + np.r_[0, np.cumsum(count)[:-1]]
+            n_rows += e
     g.attrs.update({
-        "format": "hvrt_dask.sae_features/1",
+        "format": FORMAT, "config": {"range_examples": range_m},
         "store": {"path": "/synthetic/activations.zarr", "model": "synthetic", "layer": 0, "hook": "resid_post",
                   "tokenizer": tokenizer, "n_samples": n_samples, "seq_len": seq},
         "sae": {"path": "/synthetic/sae", "content_hash": "0" * 64, "architecture": "standard", "d_sae": d_sae},

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from hvrt_dask import ownership
-from hvrt_dask.sae.output import open_output
+from hvrt_dask.sae.output import RANGE_DIM, open_output, read_range_examples
 from hvrt_dask.sae.site.tokens import load_tokenizer as _load_tokenizer
 from hvrt_dask.sae.site.tokens import visible_text
 
-JSONL_FORMAT = "hvrt_dask.sae_features.jsonl/2"
+JSONL_FORMAT = "hvrt_dask.sae_features.jsonl/3"
 #: Features read from the output per block while streaming records.
 _BLOCK = 512
 
@@ -106,7 +106,9 @@ def jsonl_header(out: str | os.PathLike, tokenizer: Any = "auto") -> dict:
 
 
 def feature_records(out: str | os.PathLike, features: Iterable[int] | None = None, tokenizer: Any = "auto"):
-    """Yield one JSON-serialisable dict per feature (statistics, histogram counts, top examples).
+    """Yield one JSON-serialisable dict per feature (statistics, histogram counts, top examples,
+    and, when the output has them, ``range_examples``: its examples across the activation range
+    with their ``bin`` and ``slot``).
 
     Shared metadata (bin bounds, window offsets, store, SAE) is in :func:`jsonl_header`.
     The output is read per block of features (bounded memory for any SAE width).
@@ -114,9 +116,15 @@ def feature_records(out: str | os.PathLike, features: Iterable[int] | None = Non
     ds = open_output(out)
     feats = _feature_range(ds, features)
     tok = load_tokenizer(ds.attrs["store"].get("tokenizer")) if tokenizer == "auto" else tokenizer
+    has_range = RANGE_DIM in ds.sizes
+    per_feature = ds.drop_vars([v for v in ds.variables if RANGE_DIM in ds[v].dims])  # read per block below
     for b0 in range(0, len(feats), _BLOCK):
         sel = feats[b0 : b0 + _BLOCK]
-        sub = ds.isel(feature=list(sel) if not isinstance(sel, range) else slice(sel.start, sel.stop, sel.step)).load()
+        sub = per_feature.isel(feature=list(sel) if not isinstance(sel, range) else slice(sel.start, sel.stop, sel.step)).load()
+        if has_range:  # the block's rows (one slice), then each feature's
+            rows = read_range_examples(out, min(sel), max(sel) + 1)
+            rstart = np.searchsorted(rows["range_feature"], np.asarray(sel), side="left")
+            rend = np.searchsorted(rows["range_feature"], np.asarray(sel), side="right")
         for j, f in enumerate(sel):
             examples = []
             for r in range(sub.sizes["rank"]):
@@ -133,7 +141,7 @@ def feature_records(out: str | os.PathLike, features: Iterable[int] | None = Non
                     "token_strings": _token_strings(tok, ids) if tok is not None else None,
                     "acts": [_num(a) for a in sub.window_acts.values[j, r]],
                 })
-            yield {
+            rec = {
                 "record": "feature",
                 "feature": int(f),
                 "dead": bool(sub.dead.values[j]),
@@ -147,6 +155,16 @@ def feature_records(out: str | os.PathLike, features: Iterable[int] | None = Non
                 "histogram": sub.hist.values[j].tolist(),
                 "examples": examples,
             }
+            if has_range:
+                rec["range_examples"] = [{
+                    "bin": int(rows["range_bin"][e]), "slot": int(rows["range_slot"][e]),
+                    "sample": int(rows["range_sample"][e]), "position": int(rows["range_position"][e]),
+                    "value": float(rows["range_value"][e]), "tokens": rows["range_window_tokens"][e].tolist(),
+                    "token_strings": (_token_strings(tok, rows["range_window_tokens"][e]) if tok is not None
+                                      else None),
+                    "acts": [_num(a) for a in rows["range_window_acts"][e]],
+                } for e in range(int(rstart[j]), int(rend[j]))]
+            yield rec
 
 
 def export_jsonl(out: str | os.PathLike, path: str | os.PathLike, features: Iterable[int] | None = None) -> int:

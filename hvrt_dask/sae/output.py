@@ -18,10 +18,19 @@ Variables
 ``mean``, ``std``      (feature) float64           over active tokens (NaN for dead features)
 ``hist``               (feature, bin) int64        nonzero activations per bin
 ``dead``               (feature) bool              never active
-``range_*``            (feature, bin, range_slot)  examples across the activation range (when
-                       [, window]                  ``range_examples`` > 0; see
+``range_start``        (feature) int64             first ``range_example`` row of the feature
+``range_count``        (feature) int32             its range examples (rows ``start .. start+count``)
+``range_*``            (range_example[, window])   examples across the activation range, one row
+                                                   each (when ``range_examples`` > 0; see
                                                    :mod:`hvrt_dask.sae.range_examples`)
 =====================  ==========================  ==============================================
+
+The range examples are stored sparse (format 3): one row per example found, rows sorted by
+``(range_feature, range_bin, range_slot)``; a feature's rows are one slice
+(:func:`read_range_examples`). Rows between feature blocks that hold no example (the
+``range_example`` chunks are aligned to the blocks, so each block writes whole chunks) have
+``range_feature`` -1 and the fill values. :func:`dense_range_examples` gives the
+``(feature, bin, range_slot[, window])`` view of format 2.
 
 Coordinates ``feature``, ``rank``, ``window_offset`` (window, -prefix..suffix), ``bin_lower`` /
 ``bin_upper`` (bin). Attributes (JSON): ``store``, ``sae`` (path, hash, architecture, ...),
@@ -42,7 +51,7 @@ import numpy as np
 
 from hvrt_dask import ownership
 from hvrt_dask.sae.codecs import fast_codec
-from hvrt_dask.sae.range_examples import SLOT_DIM
+from hvrt_dask.sae.range_examples import OUTPUT_VARS
 from hvrt_dask.sae.stats import bin_bounds
 
 
@@ -71,21 +80,24 @@ def _jsonable(x: Any) -> Any:
 
 
 KIND = "sae.features"  # ownership kind of extraction outputs
-FORMAT = "hvrt_dask.sae_features/2"
+FORMAT = "hvrt_dask.sae_features/3"
+#: Rows per chunk of the ``range_example`` arrays (at most): one block writes whole chunks.
+RANGE_EXAMPLE_CHUNK = 4096
+RANGE_DIM = "range_example"
 #: Output chunk along ``feature`` of the window arrays (at most; a divisor of the feature block so
-#: block writes align): a written window chunk is mostly fill, so its bytes follow this.
-FEATURE_CHUNK = 1024
+#: block writes align). A written window chunk is mostly fill, which LZ4 shrinks to almost nothing:
+#: few wide chunks (x :data:`RANK_CHUNK` ranks) cost less than many narrow ones (measured at
+#: d_sae 131,072: 2.8 s CPU for the window pass with 16384 x 2, 3.2 s with 4096 x 4, 4.1 s with 1024 x 8).
+FEATURE_CHUNK = 16384
 #: Output chunk along ``feature`` of the other arrays (at most; a divisor of the feature block):
 #: small per feature, so fewer, larger chunk files (a chunk file costs ~1 ms to create here).
 WIDE_FEATURE_CHUNK = 16384
 #: Chunk of the window arrays along ``rank``: ranks beyond a chunk's last example stay unwritten fill,
 #: so the window arrays' bytes on disk follow the examples found, not ``d_sae x top_k``.
-RANK_CHUNK = 8
+RANK_CHUNK = 2
 WINDOW_ARRAYS = ("window_tokens", "window_acts")
 #: Arrays of examples (per feature and rank), chunked along ``rank`` and written only where examples are.
 SPARSE_ARRAYS = ("topk_value", "topk_sample", "topk_position", *WINDOW_ARRAYS)
-#: Chunk of the range examples' window arrays along ``bin``.
-RANGE_BIN_CHUNK = 8
 #: Chunk files named ``c.<i>.<j>...`` in one folder per array: a nested ``c/<i>/<j>/...`` layout
 #: creates (and later removes) folders per chunk, which costs as much as the chunk's data here.
 CHUNK_KEYS = {"name": "default", "separator": "."}
@@ -144,24 +156,119 @@ def create_output(out: str, *, d_sae: int, top_k: int, prefix: int, suffix: int,
                            dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True, **kw)
         if name != "feature":
             a.attrs["coordinates"] = _COORDS
-    if range_m:  # examples across the activation range (hvrt_dask.sae.range_examples)
-        FBS = ("feature", "bin", SLOT_DIM)
-        for name, dims, dtype, fill in (
-                ("range_sample", FBS, "int64", -1), ("range_value", FBS, "float32", np.nan),
-                ("range_position", FBS, "int32", -1), ("range_window_tokens", FBS + ("window",), "int32", -1),
-                ("range_window_acts", FBS + ("window",), "float32", np.nan)):
-            windowed = len(dims) == 4
-            # chunks span few bins: a feature fires in few bins, the other chunks stay unwritten fill
-            chunks = (fc, min(RANGE_BIN_CHUNK, n_bins), range_m, w) if windowed else (wide, n_bins, range_m)
-            a = g.create_array(name, shape=(d_sae, n_bins, range_m) + ((w,) if windowed else ()), chunks=chunks,
-                               chunk_key_encoding=CHUNK_KEYS,
-                               dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=True,
-                               config={"write_empty_chunks": True}, compressors=(fast_codec(),))
+    if range_m:  # per-feature index of the range examples (their arrays: create_range_examples)
+        for name, dtype in (("range_start", "int64"), ("range_count", "int32")):
+            a = g.create_array(name, shape=(d_sae,), chunks=(wide,), chunk_key_encoding=CHUNK_KEYS, dtype=dtype,
+                               fill_value=0, dimension_names=F, overwrite=True, compressors=(fast_codec(),))
             a.attrs["coordinates"] = _COORDS
     for name, dim, values in (("rank", "rank", np.arange(top_k)), ("window_offset", "window", np.arange(-prefix, suffix + 1)),
                               ("bin_lower", "bin", lower), ("bin_upper", "bin", upper)):
         a = g.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=(dim,), overwrite=True)
         a[:] = values
+
+
+#: The range-example arrays: name -> (dtype, fill, windowed).
+RANGE_ARRAYS = {
+    "range_feature": ("int64", -1, False), "range_bin": ("int32", -1, False), "range_slot": ("int32", -1, False),
+    "range_sample": ("int64", -1, False), "range_value": ("float32", np.nan, False),
+    "range_position": ("int32", -1, False), "range_window_tokens": ("int32", -1, True),
+    "range_window_acts": ("float32", np.nan, True),
+}
+
+
+def range_layout(counts, cap: int = RANGE_EXAMPLE_CHUNK) -> tuple[int, np.ndarray, int]:
+    """Chunk, per-block first row and total rows of the ``range_example`` arrays from the
+    blocks' example counts (O(blocks), on the client): each block starts on a chunk, so its
+    write covers whole chunks that no other block touches."""
+    counts = np.asarray(counts, np.int64)
+    big = int(counts.max()) if counts.size else 0
+    chunk = int(min(cap, 1 << max(0, (max(big, 1) - 1).bit_length())))  # a power of two, <= cap
+    rows = -(-counts // chunk) * chunk
+    starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+    return chunk, starts, int(rows.sum())
+
+
+def create_range_examples(out: str, *, n_rows: int, chunk: int, window: int) -> None:
+    """Create the ``range_example`` arrays (metadata only; every chunk is written by a block)."""
+    import zarr
+
+    g = zarr.open_group(out, mode="r+")
+    for name, (dtype, fill, windowed) in RANGE_ARRAYS.items():
+        shape, chunks = (n_rows, window) if windowed else (n_rows,), (chunk, window) if windowed else (chunk,)
+        dims = (RANGE_DIM, "window") if windowed else (RANGE_DIM,)
+        a = g.create_array(name, shape=shape, chunks=chunks, chunk_key_encoding=CHUNK_KEYS, dtype=dtype,
+                           fill_value=fill, dimension_names=dims, overwrite=True,
+                           config={"write_empty_chunks": True}, compressors=(fast_codec(),))
+        a.attrs["coordinates"] = _COORDS
+
+
+def write_range_examples(out: str, start: int, rows: dict[str, np.ndarray]) -> int:
+    """Write one block's range examples (``rows``: every :data:`RANGE_ARRAYS` name, sorted) from
+    row ``start`` (a chunk boundary), padded with fill to whole chunks; returns the bytes."""
+    import zarr
+
+    n = len(rows["range_feature"])
+    if not n:
+        return 0
+    chunk = writable(out, "range_feature").chunks[0]
+    padded = -(-n // chunk) * chunk
+    nbytes = 0
+    for name, (dtype, fill, _) in RANGE_ARRAYS.items():
+        v = np.asarray(rows[name], dtype)
+        buf = np.full((padded,) + v.shape[1:], fill, dtype)
+        buf[:n] = v
+        writable(out, name)[start : start + padded] = buf
+        nbytes += buf.nbytes
+    return nbytes
+
+
+def _group(out):
+    import zarr
+
+    return out if isinstance(out, zarr.Group) else zarr.open_group(os.fspath(out), mode="r")
+
+
+def read_range_examples(out, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """The range examples of features ``[lo, hi)`` of an output (path or open Zarr group): the
+    :data:`RANGE_ARRAYS` rows, sorted by (feature, bin, slot), read as one slice."""
+    g = _group(out)
+    check_format(g)
+    start, count = g["range_start"][lo:hi], g["range_count"][lo:hi]
+    live = np.flatnonzero(count)
+    if not live.size:
+        return {name: g[name][0:0] for name in RANGE_ARRAYS}
+    a, b = int(start[live[0]]), int(start[live[-1]] + count[live[-1]])
+    rows = {name: g[name][a:b] for name in RANGE_ARRAYS}
+    keep = rows["range_feature"] >= 0  # drop the fill rows between blocks
+    return {k: v[keep] for k, v in rows.items()}
+
+
+def dense_range_examples(out, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+    """The range examples of features ``[lo, hi)`` as dense ``(feature, bin, range_slot[, window])``
+    arrays (``range_sample``, ``range_value``, ``range_position``, ``range_window_tokens``,
+    ``range_window_acts``; fill values in empty slots), as format 2 stored them. Memory grows
+    with ``(hi - lo) x bins x range_examples x window``: for small feature ranges."""
+    g = _group(out)
+    hi = g["range_start"].shape[0] if hi is None else hi
+    n_bins, m = g["hist"].shape[1], int(dict(g.attrs)["config"]["range_examples"])
+    w = g["window_offset"].shape[0]
+    rows = read_range_examples(g, lo, hi)
+    where = (rows["range_feature"] - lo, rows["range_bin"], rows["range_slot"])
+    out_ = {}
+    for name in OUTPUT_VARS:
+        dtype, fill, windowed = RANGE_ARRAYS[name]
+        a = np.full((hi - lo, n_bins, m) + ((w,) if windowed else ()), fill, dtype)
+        a[where] = rows[name]
+        out_[name] = a
+    return out_
+
+
+def check_format(g) -> None:
+    """Refuse an output of another format version (clear message naming it and the path)."""
+    fmt = dict(g.attrs).get("format")
+    if fmt != FORMAT:
+        raise ValueError(f"extraction output {g.store!s}: format {fmt!r} is not {FORMAT!r} (written by another "
+                         "hvrt_dask version; re-run the extraction with this version to read it)")
 
 
 def block_arrays(stats: dict, lo: int) -> dict[str, np.ndarray]:
@@ -195,15 +302,37 @@ def write_block(out: str, lo: int, arrays: dict[str, np.ndarray]) -> int:
     """Write one feature block's per-feature arrays (:func:`block_arrays`) into features
     ``[lo, lo + width)``; returns the bytes handed to Zarr. The block starts on a feature
     chunk and ends on one or at ``d_sae``, so the write is chunk-aligned."""
-    import zarr
-
-    g = zarr.open_group(out, mode="r+")
     for name, a in arrays.items():
-        g[name][lo : lo + len(a)] = a
+        writable(out, name)[lo : lo + len(a)] = a
     return sum(a.nbytes for a in arrays.values())
 
 
 _LOCAL = threading.local()
+_ARRAYS: dict = {}
+_ARRAYS_MAX = 64
+
+
+def writable(out: str, name: str):
+    """Array ``name`` of output ``out`` opened for writing, cached per process while its
+    metadata file is unchanged (opening an array reads and parses its metadata: ~1-3 ms, paid
+    ~30 times per feature block otherwise). A re-created array (another run, a resume) has a
+    new metadata file, so it is opened again. Opened with ``write_empty_chunks`` (no all-fill
+    check: the callers write chunks that hold data)."""
+    import zarr
+
+    path = os.path.join(out, name)
+    st = os.stat(os.path.join(path, "zarr.json"))
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    hit = _ARRAYS.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    # every write hands Zarr whole chunks holding data (or a block's per-feature values):
+    # skip Zarr's all-fill check (slow with NaN fill; a runtime setting, not stored)
+    arr = zarr.open_array(path, mode="r+", zarr_format=3).with_config({"write_empty_chunks": True})
+    if len(_ARRAYS) >= _ARRAYS_MAX:
+        _ARRAYS.pop(next(iter(_ARRAYS)))
+    _ARRAYS[path] = (stamp, arr)
+    return arr
 
 
 def _buffers() -> dict:
@@ -232,8 +361,7 @@ def write_examples(out: str, lo: int, width: int, names: tuple[str, ...], coords
 
     if not len(coords[0]):
         return 0
-    g = zarr.open_group(out, mode="r+")
-    arrs = [g[n] for n in names]
+    arrs = [writable(out, n) for n in names]
     fc, c1 = arrs[0].chunks[:2]
     n1 = arrs[0].shape[1]
     per = -(-n1 // c1)  # chunks along dim 1
@@ -295,6 +423,7 @@ def open_output(out: str | os.PathLike):
     import xarray as xr
 
     ownership.require_complete(out, "extraction output")
+    check_format(_group(out))
     return xr.open_zarr(os.fspath(out))
 
 

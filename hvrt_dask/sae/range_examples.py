@@ -34,22 +34,19 @@ Slots of a bin are in the total order (so the first ``j < m`` slots are the samp
 ``j``). Memory: ``24 * d_block * n_bins * m`` bytes per partial (31 MB for 4,096 features,
 64 bins, ``m = 5``).
 
-Output variables (dimension ``range_slot`` of size ``m``; read by the feature browser, which
-shows "not available" when they are absent):
-
-=========================  ==================================  ===============================
-``range_sample``           (feature, bin, range_slot) int64    -1 for empty slots
-``range_value``            (feature, bin, range_slot) float32  NaN for empty slots
-``range_position``         (feature, bin, range_slot) int32    -1 for empty slots
-``range_window_tokens``    (feature, bin, range_slot, window)  as ``window_tokens``
-``range_window_acts``      (feature, bin, range_slot, window)  as ``window_acts``
-=========================  ==================================  ===============================
+Output (format ``hvrt_dask.sae_features/3``, :mod:`hvrt_dask.sae.output`): one row per live
+slot along the dimension ``range_example`` — ``range_feature``, ``range_bin``, ``range_slot``,
+``range_sample``, ``range_value``, ``range_position``, ``range_window_tokens`` and
+``range_window_acts`` (``[range_example, window]``) — sorted by (feature, bin, slot), with
+``range_start`` / ``range_count`` per feature. The feature browser shows "not available" when
+they are absent; :func:`hvrt_dask.sae.output.dense_range_examples` gives the dense
+``(feature, bin, range_slot[, window])`` view.
 
 Wiring (one pass with the top-k): per task (sample chunk x feature block) call
 :func:`chunk_partial` on the same per-sample maxima / first argmax the top-k uses, with
 ``feature_offset`` = the block's first feature; merge the block's partials in its tree with
 :func:`merge`; the root's live ``(feature, range_sample, range_position)`` triples get windows
-exactly like top-k examples; :func:`finalize` gives the output variables.
+exactly like top-k examples; :func:`finalize` gives the per-example values.
 """
 
 from __future__ import annotations
@@ -61,7 +58,7 @@ import numpy as np
 from hvrt_dask._seeding import seed_sequence
 
 KEYS = ("range_hash", "range_sample", "range_value", "range_position")
-#: Output variables of the extraction (see the table above).
+#: The dense view's variables (:func:`hvrt_dask.sae.output.dense_range_examples`).
 OUTPUT_VARS = ("range_sample", "range_value", "range_position", "range_window_tokens", "range_window_acts")
 SLOT_DIM = "range_slot"
 EMPTY_HASH = np.uint64(2**64 - 1)

@@ -11,7 +11,7 @@ import zarr
 from _extract_data import make_sae, make_store
 from hvrt_dask.sae.export import export_html, export_jsonl, feature_records
 from hvrt_dask.sae.extract import extract_features
-from hvrt_dask.sae.output import open_output
+from hvrt_dask.sae.output import dense_range_examples, open_output
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,15 @@ def test_jsonl_matches_dataset(result, tmp_path):
             assert ex["tokens"] == ds.window_tokens.values[f, ex["rank"]].tolist()
             assert ex["token_strings"] is None  # no tokenizer named by the store
             assert len(ex["acts"]) == 6 and ex["acts"][2] == ex["value"]
+        # range examples: every live (bin, slot) of the feature, in order, as the dense view has it
+        dense = dense_range_examples(r.path, f, f + 1)
+        bins, slots = np.nonzero(dense["range_sample"][0] >= 0)
+        assert [(e["bin"], e["slot"]) for e in rec["range_examples"]] == list(zip(bins.tolist(), slots.tolist()))
+        for e, b, s in zip(rec["range_examples"], bins, slots):
+            assert e["sample"] == int(dense["range_sample"][0, b, s]) and e["value"] == float(dense["range_value"][0, b, s])
+            assert e["tokens"] == dense["range_window_tokens"][0, b, s].tolist()
+            assert e["acts"] == [None if np.isnan(a) else float(a) for a in dense["range_window_acts"][0, b, s]]
+    assert sum(len(json.loads(x)["range_examples"]) for x in lines[1:]) > 0
 
 
 def test_jsonl_huge_range_and_failed_export_leave_no_file(result, tmp_path, monkeypatch):

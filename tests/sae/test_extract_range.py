@@ -13,12 +13,13 @@ import os
 import dask
 import numpy as np
 import pytest
+import zarr
 
 from _extract_data import dense_latents, make_sae, make_store
 from hvrt_dask.sae import range_examples as rx
 from hvrt_dask.sae.extract import extract_features
 from hvrt_dask.sae.extract.api import FAIL_AFTER_KEY, check_parameters
-from hvrt_dask.sae.output import open_output
+from hvrt_dask.sae.output import RANGE_ARRAYS, RANGE_DIM, dense_range_examples, open_output
 from test_range_examples import reference
 
 K, PRE, SUF, M, SEED = 6, 3, 2, 3, 11
@@ -38,6 +39,16 @@ def data(tmp_path_factory):
 def run(data, out, **kw):
     kw = {"top_k": K, "prefix": PRE, "suffix": SUF, "range_examples": M, "seed": SEED, "progress": False, **kw}
     return extract_features(data["store"], data["sae"], out, **kw)
+
+
+def load(path):
+    """The output with its range examples read back through the sparse layout as the dense
+    ``(feature, bin, range_slot[, window])`` view (what the reference is compared with)."""
+    ds = open_output(path).load()
+    dense = dense_range_examples(path)
+    dims = ("feature", "bin", rx.SLOT_DIM)
+    ds = ds.drop_vars([v for v in RANGE_ARRAYS if v in ds.variables] + ["range_start", "range_count"])
+    return ds.assign({k: (dims + (("window",) if v.ndim == 4 else ()), v) for k, v in dense.items()})
 
 
 def check_against_reference(ds, data, m=M, seed=SEED):
@@ -79,7 +90,7 @@ def assert_same(a, b):
 @pytest.fixture(scope="module")
 def baseline(data):
     r = run(data, data["root"] / "baseline")
-    ds = open_output(r.path).load()
+    ds = load(r.path)
     check_against_reference(ds, data)
     return ds
 
@@ -93,20 +104,20 @@ def test_reference_matches_and_config_recorded(baseline):
 @pytest.mark.parametrize("chunk_samples,split_every", [(7, 2), (33, 8), (1, 4)])
 def test_chunkings_and_fanins_identical(data, baseline, tmp_path, chunk_samples, split_every):
     r = run(data, tmp_path / "o", chunk_samples=chunk_samples, split_every=split_every)
-    assert_same(open_output(r.path).load(), baseline)
+    assert_same(load(r.path), baseline)
 
 
 @pytest.mark.parametrize("feature_block", [1, 7, 16, 1000])
 def test_feature_blocks_identical(data, baseline, tmp_path, feature_block):
     """7 and 16 do not divide d_sae = 40."""
     r = run(data, tmp_path / "o", chunk_samples=16, split_every=2, feature_block=feature_block)
-    assert_same(open_output(r.path).load(), baseline)
+    assert_same(load(r.path), baseline)
 
 
 def test_two_workers_identical(data, baseline, tmp_path, client):
     r = run(data, tmp_path / "o", chunk_samples=12, split_every=3, feature_block=7, max_in_flight=3, client=client)
     assert len(r.workers) == 2
-    assert_same(open_output(r.path).load(), baseline)
+    assert_same(load(r.path), baseline)
 
 
 def test_one_worker_identical(data, baseline, tmp_path):
@@ -116,7 +127,7 @@ def test_one_worker_identical(data, baseline, tmp_path):
             Client(lc) as c:
         r = run(data, tmp_path / "o", chunk_samples=12, split_every=2, feature_block=16, client=c)
     assert len(r.workers) == 1
-    assert_same(open_output(r.path).load(), baseline)
+    assert_same(load(r.path), baseline)
 
 
 def test_resume_identical_and_keys_enforced(data, baseline, tmp_path):
@@ -132,18 +143,22 @@ def test_resume_identical_and_keys_enforced(data, baseline, tmp_path):
         run(data, out, chunk_samples=8, feature_block=16, range_examples=M + 1, resume=True)
     r = run(data, out, chunk_samples=8, feature_block=16, resume=True)
     assert r.n_resumed == 3
-    assert_same(open_output(out).load(), baseline)
+    assert_same(load(out), baseline)
 
 
 def test_other_seed_and_m(data, tmp_path):
     r = run(data, tmp_path / "o", seed=SEED + 1, range_examples=2, feature_block=16)
-    check_against_reference(open_output(r.path).load(), data, m=2, seed=SEED + 1)
+    check_against_reference(load(r.path), data, m=2, seed=SEED + 1)
 
 
 def test_disabled(data, tmp_path):
     ds = open_output(run(data, tmp_path / "o", range_examples=0).path)
-    assert not set(RVARS) & set(ds.variables)
+    assert not set(RANGE_ARRAYS) & set(ds.variables) and RANGE_DIM not in ds.sizes
     assert ds.attrs["config"]["range_examples"] == 0
+    # an output of format 2 (dense range arrays) is refused by every reader, naming the format
+    zarr.open_group(str(tmp_path / "o"), mode="r+").attrs["format"] = "hvrt_dask.sae_features/2"
+    with pytest.raises(ValueError, match="format 'hvrt_dask.sae_features/2' is not 'hvrt_dask.sae_features/3'"):
+        open_output(tmp_path / "o")
 
 
 def test_parameters_validated():

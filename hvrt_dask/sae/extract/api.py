@@ -21,7 +21,8 @@ from hvrt_dask.sae.extract.params import Block, Chunk, RunSpec, plan_blocks, pla
 from hvrt_dask.sae.extract.progress import Progress
 from hvrt_dask.sae.extract.tree import StreamingTree
 from hvrt_dask.sae.extract.worker import SAEWorkerPlugin, torch_threads
-from hvrt_dask.sae.output import KIND, create_output, finalize_output, is_complete, read_summary
+from hvrt_dask.sae.output import (KIND, create_output, create_range_examples, finalize_output, is_complete,
+                                  range_layout, read_summary)
 from hvrt_dask.sae.store import ActivationStore, StoreError, open_store
 from hvrt_dask.sae.weights import SAE, SAEError, load_sae
 
@@ -352,6 +353,10 @@ def _windows_and_write(ex: Executor, run: RunSpec, chunks: list[Chunk], blocks: 
     """Per block: plan its window tasks from its examples (the only O(block × top_k) data the
     client touches, one block at a time), then a finish task that writes the block."""
     metas: list[dict] = [None] * len(blocks)  # type: ignore[list-item]
+    range_rows = np.zeros(len(blocks), np.int64)
+    if run.range_m:  # the blocks' example counts (O(blocks)) place each block's rows
+        chunk, range_rows, n_rows = _range_rows(run, roots)
+        create_range_examples(run.out, n_rows=n_rows, chunk=chunk, window=run.window)
 
     def make(b: Block):
         fi, ri, tsmp, tpos = finish.block_examples(roots[b.j])
@@ -371,7 +376,7 @@ def _windows_and_write(ex: Executor, run: RunSpec, chunks: list[Chunk], blocks: 
         wins = tasks if len(tasks) == 1 else [
             ex.submit(windows.gather_windows, run, *t, gpu=True, key=f"hvrt-sae-window-{b.j}-{t[0].cid}")
             for t in tasks]
-        return ex.submit(finish.finish_block, run, b, roots[b.j], *wins, gpu=bool(len(tasks) == 1),
+        return ex.submit(finish.finish_block, run, b, roots[b.j], int(range_rows[b.j]), *wins, gpu=bool(len(tasks) == 1),
                          key=f"hvrt-sae-write-{b.j}")
 
     def on_done(b: Block, fut):
@@ -380,6 +385,11 @@ def _windows_and_write(ex: Executor, run: RunSpec, chunks: list[Chunk], blocks: 
     # a block's window results wait on a worker for its finish task: few blocks at a time
     ex.run_bounded(blocks, make, max(1, min(2, max_in_flight)), on_done)
     return metas
+
+
+def _range_rows(run: RunSpec, roots: list) -> tuple[int, np.ndarray, int]:
+    """:func:`~hvrt_dask.sae.output.range_layout` of the blocks' range-example counts."""
+    return range_layout([finish.block_range_count(r) for r in roots])
 
 
 def _prepare_output(out: str, st, sae_obj, run_info: dict, resume: bool, overwrite: bool) -> ExtractionResult | None:

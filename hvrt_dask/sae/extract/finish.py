@@ -9,7 +9,7 @@ from hvrt_dask.sae import range_examples as _rx
 from hvrt_dask.sae import stats as _stats
 from hvrt_dask.sae.extract import checkpoint as ckpt
 from hvrt_dask.sae.extract.params import Block, RunSpec
-from hvrt_dask.sae.output import SPARSE_ARRAYS, block_arrays, write_block, write_examples
+from hvrt_dask.sae.output import SPARSE_ARRAYS, block_arrays, write_block, write_examples, write_range_examples
 
 
 def block_examples(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -25,6 +25,11 @@ def block_examples(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
             root = {"samples": z["samples"], "positions": z["positions"]}
     fi, ri = np.nonzero(root["samples"] >= 0)
     return fi, ri, root["samples"][fi, ri], root["positions"][fi, ri]
+
+
+def block_range_count(root) -> int:
+    """The number of live range examples in a block's merged partial (0 when the run has none)."""
+    return len(block_range_examples(root)[0])
 
 
 def block_range_examples(root) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,8 +56,11 @@ def _gathered(windows: tuple[dict, ...], w: int) -> tuple[np.ndarray, np.ndarray
             np.concatenate([x["acts"] for x in windows])[order])
 
 
-def finish_block(run: RunSpec, block: Block, root, *windows) -> dict:
+def finish_block(run: RunSpec, block: Block, root, range_row: int, *windows) -> dict:
     """Write block ``block``'s features of the output; returns the block's run metadata.
+
+    ``range_row`` is the block's first ``range_example`` row (a chunk boundary,
+    :func:`hvrt_dask.sae.output.range_layout`).
 
     ``windows`` are window results, or window task arguments (tuples for
     :func:`~hvrt_dask.sae.extract.windows.gather_windows`) run here: a block whose examples lie
@@ -63,7 +71,7 @@ def finish_block(run: RunSpec, block: Block, root, *windows) -> dict:
     windows = tuple(gather_windows(run, *w) if isinstance(w, tuple) else w for w in windows)
     part = ckpt.resolve(root)
     stats = _stats.aggregate({k: part[k] for k in ("max", *_stats.SUM_KEYS)})
-    nbytes = write_block(run.out, block.lo, block_arrays(stats, block.lo))
+    arrays = block_arrays(stats, block.lo)
     slots, toks, acts = _gathered(windows, run.window)
     # slots below width x top_k are top-k examples, the others range examples (offset by it)
     cut = int(np.searchsorted(slots, block.width * run.top_k))
@@ -71,7 +79,7 @@ def finish_block(run: RunSpec, block: Block, root, *windows) -> dict:
     if not np.array_equal(slots[:cut], fi * run.top_k + ri):
         raise RuntimeError(f"feature block {block.j}: the context windows do not match the block's top-k examples")
     # the examples' arrays and their windows are chunked differently: one call per chunk grid
-    nbytes += write_examples(run.out, block.lo, block.width, SPARSE_ARRAYS[:3], (fi, ri),
+    nbytes = write_examples(run.out, block.lo, block.width, SPARSE_ARRAYS[:3], (fi, ri),
                              (part["values"][fi, ri], part["samples"][fi, ri], part["positions"][fi, ri]))
     nbytes += write_examples(run.out, block.lo, block.width, SPARSE_ARRAYS[3:], (fi, ri), (toks[:cut], acts[:cut]))
     if run.range_m:
@@ -80,10 +88,15 @@ def finish_block(run: RunSpec, block: Block, root, *windows) -> dict:
         if not np.array_equal(slots[cut:] - block.width * run.top_k, idx):
             raise RuntimeError(f"feature block {block.j}: the context windows do not match the block's range examples")
         _, n_bins, m = (int(x) for x in sp[_rx.SPARSE_SHAPE])
-        where = (idx // (n_bins * m), (idx // m) % n_bins, idx % m)
-        nbytes += write_examples(run.out, block.lo, block.width, _rx.OUTPUT_VARS[:3], where,
-                                 (sp["range_sample"], sp["range_value"], sp["range_position"]))
-        nbytes += write_examples(run.out, block.lo, block.width, _rx.OUTPUT_VARS[3:], where, (toks[cut:], acts[cut:]))
+        feat = idx // (n_bins * m)  # block-local; idx ascending = rows sorted by (feature, bin, slot)
+        count = np.bincount(feat, minlength=block.width)
+        arrays["range_count"] = count.astype(np.int32)
+        arrays["range_start"] = int(range_row) + np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        nbytes += write_range_examples(run.out, int(range_row), {
+            "range_feature": feat + block.lo, "range_bin": (idx // m) % n_bins, "range_slot": idx % m,
+            "range_sample": sp["range_sample"], "range_value": sp["range_value"],
+            "range_position": sp["range_position"], "range_window_tokens": toks[cut:], "range_window_acts": acts[cut:]})
+    nbytes += write_block(run.out, block.lo, arrays)
     return {
         "workers": [str(x) for x in part["workers"]],
         "batch_size": int(part["batch_size"]),

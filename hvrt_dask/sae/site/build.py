@@ -32,8 +32,7 @@ import numpy as np
 import zarr
 
 from hvrt_dask import config, ownership
-from hvrt_dask.sae import range_examples as _rx
-from hvrt_dask.sae.output import open_output
+from hvrt_dask.sae.output import RANGE_ARRAYS, open_output, read_range_examples
 from hvrt_dask.sae.site import tokens as _tokens
 from hvrt_dask.sae.site.data import Writer, rounded
 from hvrt_dask.sae.site.index import FILTERS, filter_mask, top_tokens, write_rows, write_search, write_views
@@ -42,7 +41,7 @@ from hvrt_dask.sae.site.pages import features_per_shard, write_shards, write_voc
 log = logging.getLogger("hvrt_dask.sae.site")
 
 KIND = "sae.site"
-RANGE_VARS = _rx.OUTPUT_VARS
+RANGE_VARS = tuple(RANGE_ARRAYS) + ("range_start", "range_count")
 _STATS = ("max_activation", "density", "frequency", "n_active_tokens", "n_active_samples", "mean", "std", "dead", "hist")
 _TOPK = ("topk_sample", "topk_position", "topk_value", "window_tokens", "window_acts")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -195,12 +194,12 @@ def build_site(
     k = int(ds.sizes["rank"])
     w = int(ds.sizes["window"])
     has_range = all(v in ds.variables for v in RANGE_VARS)
-    m = int(ds.sizes[_rx.SLOT_DIM]) if has_range else 0
+    m = int(ds.attrs["config"].get("range_examples", 0)) if has_range else 0
     n_bins = int(ds.sizes["bin"])
-    # window elements per feature: as shown (a feature's range examples fill a few bins) and as
-    # read (range arrays are dense: every bin's slots)
-    fps = features_per_shard(_setting(ov, "features-per-shard"), k * w + (min(n_bins, 8) * m * w if has_range else 0))
-    per_feature_window = k * w + (n_bins * m * w if has_range else 0)
+    # window elements per feature, as shown and as read (a feature's range examples fill a few
+    # bins; they are stored one row per example)
+    per_feature_window = k * w + (min(n_bins, 8) * m * w if has_range else 0)
+    fps = features_per_shard(_setting(ov, "features-per-shard"), per_feature_window)
     rows_per_file = _int_setting(ov, "rows-per-file")
     order_file = _int_setting(ov, "order-file")
     page_size = _int_setting(ov, "page-size")
@@ -241,11 +240,13 @@ def build_site(
     base = math.lcm(fps, rows_per_file)
     block = base * max(1, read_elements // max(1, base * per_feature_window))
     center = int(np.flatnonzero(ds.window_offset.values == 0)[0])
-    names = list(_STATS + _TOPK + (RANGE_VARS if has_range else ()))
+    names = list(_STATS + _TOPK)
     group = zarr.open_group(src, mode="r")  # plain slice reads: no dask graph per block
     for a in range(lo, hi, block):
         b = min(hi, a + block)
         sub = {v: group[v][a:b] for v in names}
+        if has_range:
+            sub.update(read_range_examples(group, a, b))
         i0 = a - lo
         for c in cols:
             cols[c][i0 : i0 + (b - a)] = sub[c]

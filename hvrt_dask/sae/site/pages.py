@@ -55,10 +55,10 @@ def write_shards(writer: Writer, sub: dict, table, i0: int, a: int, fps: int, ha
     hstart = _by_feature(hf, n_blk)
     tidx, top = _live_examples(sub["topk_sample"], sub["topk_position"], sub["topk_value"], sub["window_tokens"], sub["window_acts"])
     tstart = _by_feature(tidx[0], n_blk)
-    if has_range:
+    if has_range:  # the block's range-example rows, sorted by (feature, bin, slot)
         ridx, rng = _live_examples(sub["range_sample"], sub["range_position"], sub["range_value"],
                                    sub["range_window_tokens"], sub["range_window_acts"])
-        rstart, rbin = _by_feature(ridx[0], n_blk), ridx[1].tolist()
+        rstart, rbin = _by_feature(sub["range_feature"][ridx] - a, n_blk), sub["range_bin"][ridx].tolist()
     for s0 in range(0, n_blk, fps):
         s1 = min(n_blk, s0 + fps)
         feats = []

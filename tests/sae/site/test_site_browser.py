@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from _site_data import set_attrs, tiny_output, word_tokenizer
-from hvrt_dask.sae.output import open_output
+from hvrt_dask.sae.output import dense_range_examples, open_output
 from hvrt_dask.sae.site import build_site, start_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -121,7 +121,7 @@ def test_feature_page_histogram_examples_and_hover(plain, page, artifacts):
     labels = page.eval_on_selector_all("#topk .ex .exlabel", "xs => xs.map(x => x.textContent)")
     assert len(labels) == int(live.sum())
     assert [int(x.split("sample ")[1].split(" ")[0]) for x in labels] == ds.topk_sample.values[f][live].tolist()
-    rs = ds.range_sample.values[f]
+    rs = dense_range_examples(out, f, f + 1)["range_sample"][0]
     assert page.locator("#range .rangebin .ex").count() == int((rs >= 0).sum())
     assert page.locator("#range-na").count() == 0
     # hover the first example's max token: the tip shows its activation

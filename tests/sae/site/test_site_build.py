@@ -11,7 +11,7 @@ import pytest
 
 from _site_data import tiny_output, word_tokenizer
 from hvrt_dask import ownership
-from hvrt_dask.sae.output import open_output
+from hvrt_dask.sae.output import dense_range_examples, open_output
 from hvrt_dask.sae.site import KIND, build_site
 from hvrt_dask.sae.site.build import feature_span
 from hvrt_dask.sae.site.tokens import bucket, search_key
@@ -59,7 +59,7 @@ def test_rows_and_feature_shards_match_output(out, site):
         assert [e[3] for e in rec["top"]] == ds.window_tokens.values[f][live].tolist()
         for e, acts in zip(rec["top"], ds.window_acts.values[f][live]):
             assert e[4] == [-1 if np.isnan(a) else sig5(a) for a in acts]  # -1: no activation
-        rs = ds.range_sample.values[f]
+        rs = dense_range_examples(out, f, f + 1)["range_sample"][0]
         want = {int(b): rs[b][rs[b] >= 0].tolist() for b in np.flatnonzero((rs >= 0).any(axis=1))}
         assert {b: [e[0] for e in exs] for b, exs in rec["range"]} == want
 
