@@ -355,25 +355,27 @@ def decimals_of(block: np.ndarray, max_p: int, dtypes: Sequence[np.dtype]) -> np
     """
     d = block.shape[1]
     out = np.full((1, d), OFF_GRID, dtype=np.int8)
-    cols = []
-    for j in range(d):
-        dt = np.dtype(dtypes[j])
-        narrow = np.issubdtype(dt, np.floating) and dt.itemsize < 8
-        col = block[:, j].astype(dt) if narrow else block[:, j]
-        limit = 2.0 ** (np.finfo(dt).nmant if narrow else 52)
-        cols.append((j, col, float(np.max(np.abs(col), initial=0.0)), limit))
+    left = list(range(d))
+    big: dict[int, float] = {}  # max|x|, computed only for columns that pass a screen at p >= 1
     with np.errstate(over="ignore", invalid="ignore"):
         for p in range(max_p + 1):
-            left = []
-            for j, col, big, limit in cols:
-                if p and big * 10.0**p >= limit:
-                    continue  # finer grids are even less meaningful
-                head = col[:_SCREEN_ROWS]  # cheap screen: most continuous columns fail here
-                if np.array_equal(head, np.round(head, p)) and np.array_equal(col, np.round(col, p)):
+            still = []
+            for j in left:
+                dt = np.dtype(dtypes[j])
+                narrow = np.issubdtype(dt, np.floating) and dt.itemsize < 8
+                head = block[:_SCREEN_ROWS, j].astype(dt if narrow else np.float64)
+                ok = np.array_equal(head, np.round(head, p))  # cheap screen: most continuous columns fail here
+                if ok and p:
+                    if j not in big:
+                        big[j] = float(np.max(np.abs(block[:, j]), initial=0.0))
+                    if big[j] * 10.0**p >= 2.0 ** (np.finfo(dt).nmant if narrow else 52):
+                        continue  # finer grids are even less meaningful: off grid
+                col = block[:, j].astype(dt) if ok and narrow else block[:, j]
+                if ok and np.array_equal(col, np.round(col, p)):
                     out[0, j] = p
                 else:
-                    left.append((j, col, big, limit))
-            cols = left
+                    still.append(j)
+            left = still
     return out
 
 
