@@ -210,15 +210,30 @@ class Decoder:
                 per_column(np.maximum, out, self.lo)
             else:
                 out[:, gen] = np.clip(out[:, gen], self.lo, self.hi)
+        # A non-atom row never takes an atom value (atoms keep their share): the value it
+        # rounds or snaps to is replaced by the nearest non-atom grid value / level.
+        free_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, (j, values) in enumerate(self.atoms):
             keep = np.isin(base[:, j], values)
             if self.free_lo is not None:
                 np.clip(out[:, j], self.free_lo[k], self.free_hi[k], out=out[:, j])
             out[keep, j] = base[keep, j]
+            free_rows[j] = (~keep, values)
+        grid = {int(j): p for p, cols in self.decimals for j in cols}
+        raw = {j: out[:, j].copy() for j in free_rows if j in grid}
         for p, cols in self.decimals:  # p = 0: integers (np.round(x, 0) is np.rint)
             out[:, cols] = np.round(out[:, cols], p)
+        for j, x in raw.items():
+            rows, values = free_rows[j]
+            out[rows, j] = off_atoms(out[rows, j], x[rows], values, grid[j])
         for j, levels in self.discrete:
-            out[:, j] = snap(out[:, j], levels)
+            if j in free_rows:
+                rows, values = free_rows[j]
+                free_levels = levels[~np.isin(levels, values)]
+                out[~rows, j] = snap(out[~rows, j], levels)
+                out[rows, j] = snap(out[rows, j], free_levels if len(free_levels) else levels)
+            else:
+                out[:, j] = snap(out[:, j], levels)
         if len(self.categorical):
             out[:, self.categorical] = base[:, self.categorical]
         if len(self.constant):
@@ -248,6 +263,32 @@ def per_column(ufunc: np.ufunc, a: np.ndarray, v: np.ndarray) -> np.ndarray:
     rest = flat[m:].reshape(-1, d)
     ufunc(rest, v, out=rest)
     return a
+
+
+def off_atoms(x: np.ndarray, raw: np.ndarray, atoms: np.ndarray, p: int) -> np.ndarray:
+    """Values of ``x`` (on the ``10**-p`` grid) that equal an atom moved to the nearest grid
+    value that is not one; ties go to the side of ``raw`` (the value before rounding).
+
+    A run of consecutive atoms is at most ``len(atoms)`` long, so ``len(atoms) + 1`` steps
+    reach a free value on either side; with clipping, the free range's ends are non-atom
+    observed values outside every such run, so the result stays inside it.
+    """
+    hit = np.isin(x, atoms)
+    if not hit.any():
+        return x
+    scale = 10.0**p
+    u = np.rint(x[hit] * scale)
+    side = np.where(raw[hit] * scale >= u, 1.0, -1.0)
+    blocked = np.rint(np.asarray(atoms) * scale)
+    todo = np.ones(len(u), dtype=bool)
+    res = u.copy()
+    for k in range(1, len(blocked) + 2):
+        for cand in (u + side * k, u - side * k):
+            ok = todo & ~np.isin(cand, blocked)
+            res[ok], todo[ok] = cand[ok], False
+    x = x.copy()
+    x[hit] = res / scale  # the float nearest the decimal, as numpy.round gives it
+    return x
 
 
 def snap(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
