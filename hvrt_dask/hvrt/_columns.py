@@ -19,22 +19,25 @@ Every column gets one kind:
     Everything else.
 
 Decimals (the resolution a column was recorded at): the smallest ``p`` such that every value
-of the column is the float nearest to a number with ``p`` decimal digits — it equals
-``numpy.round(x, p)`` in the column's own dtype (exact; no tolerance needed, as rounding a
-value read from a ``p``-decimal text gives that same float back). ``integer`` is the
-``p = 0`` case. An auto-typed ``continuous`` column with ``1 <= p <= hvrt.types.max-decimals``
-keeps its resolution: synthetic values are rounded to ``p`` decimals, as real measurements
-recorded to fixed precision are (values with spurious extra digits are both unfaithful and
-trivially detectable). A grid is only looked for while ``max|x| * 10**p`` stays below the
-dtype's exact-integer range (``2**52`` for float64, ``2**23`` for float32): beyond it every
-float is trivially "on the grid". An explicit ``"continuous"`` is never rounded.
+of the column is the float nearest to a number with ``p`` decimal digits, i.e. equals
+``numpy.round(x, p)`` in the column's own dtype (an exact test: a value read from ``p``-decimal
+text rounds back to itself). ``integer`` is the ``p = 0`` case, and the decoder rounds both
+with ``numpy.round(x, p)``. With ``hvrt.types.max-decimals`` set (default null: off), an
+auto-typed ``continuous`` column with ``1 <= p <= max-decimals`` keeps its resolution: its
+synthetic values are rounded to ``p`` decimals instead of carrying digits the real table never
+has. Off by default because on a small table recorded on a coarse grid rounding turns
+near-copies into exact copies of real rows (docs/hvrt.md, "Recorded decimals"). A grid
+``p >= 1`` is only recognised while ``max|x| * 10**p`` stays below the dtype's exact-integer
+range (``2**52`` for float64, ``2**23`` for float32): beyond it every float is trivially "on
+the grid". An explicit ``"continuous"`` is never rounded.
 
 Ranges and atoms (by default): synthetic values of the generated kinds are clipped to the
 column's observed ``[min, max]``; and a value holding at least ``hvrt.types.atom-share`` of a
 ``continuous``/``integer`` column (zeros of zero-inflated data, a cap) is an *atom*: a synthetic
 row whose base row holds an atom keeps it, the other rows are clipped to the range of the
-non-atom values. Budgets follow partition sizes, so the atom share of the output matches the
-real share up to sampling noise.
+non-atom values and never take an atom value (a rounded or snapped value that lands on one
+moves to the nearest non-atom grid value or level). Budgets follow partition sizes, so the
+atom share of the output matches the real share up to sampling noise.
 
 Detection reads a bounded, strided head of the tree sample first and touches the full column
 only for candidates (few distinct values), so typing costs O(d · 2048) on continuous data.
@@ -88,7 +91,7 @@ def max_discrete() -> int:
 
 def max_decimals() -> int | None:
     """``hvrt.types.max-decimals``: the finest grid (``10**-p``) an auto ``continuous`` column keeps (None: none)."""
-    v = config.get("types.max-decimals", 4)
+    v = config.get("types.max-decimals", None)
     if v is None:
         return None
     if isinstance(v, bool) or int(v) != v or not 0 <= int(v) <= 15:

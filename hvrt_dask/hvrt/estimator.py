@@ -179,9 +179,9 @@ class _HVRTBase(BaseEstimator):
             :mod:`hvrt_dask.hvrt._columns`). ``"auto"``: pandas category/bool/string/object →
             categorical; numeric with at most ``hvrt.types.max-discrete`` distinct values →
             discrete; integer dtypes and all-integral floats → integer; one value → constant;
-            other floats → continuous, rounded to their recorded decimals when every value lies
-            on a ``10**-p`` grid with ``p <= hvrt.types.max-decimals``
-            (``column_types_.decimals``).
+            other floats → continuous; with ``hvrt.types.max-decimals`` set (default off),
+            rounded to their recorded decimals when every value lies on a ``10**-p`` grid
+            with ``p <= max-decimals`` (``column_types_.decimals``).
 
         Returns
         -------
