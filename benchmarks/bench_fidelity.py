@@ -30,7 +30,10 @@ from hvrt_dask import metrics as M
 from hvrt_dask.hvrt.estimator import HVRT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STRATEGIES = ["default", "epanechnikov", "bootstrap_noise", "multivariate_kde", "univariate_kde_copula",
+#: The default with hvrt.types.max-decimals = 4 (rounding grid columns): a variant of the
+#: default, shown for comparison and not counted among the named strategies in the targets.
+DECIMALS_VARIANT = "default, max-decimals 4"
+STRATEGIES = ["default", DECIMALS_VARIANT, "epanechnikov", "bootstrap_noise", "multivariate_kde", "univariate_kde_copula",
               "gaussian_kde h=0.1"]
 NON_COPYING_DCR = 0.5
 EXPANSION = 5
@@ -119,6 +122,11 @@ def peer_expand(df: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def _ours_expand(df: pd.DataFrame, n: int, strategy: str) -> pd.DataFrame:
+    if strategy == DECIMALS_VARIANT:
+        import dask
+
+        with dask.config.set({"hvrt.types.max-decimals": 4}):
+            return HVRT(random_state=0).fit(df).expand(n)
     m = HVRT(random_state=0).fit(df)
     if strategy == "default":
         return m.expand(n)
@@ -205,7 +213,8 @@ def _verdict(rows: list[dict]) -> str:
         rs = [r for r in rows if r["table"] == t]
         peer = next(r for r in rs if r["side"] == "hvrt 2.11.0")
         ours = next(r for r in rs if r["side"] == "hvrt_dask" and r["strategy"] == "default")
-        ok = [r for r in rs if r["side"] == "hvrt_dask" and r["dcr"] >= NON_COPYING_DCR]
+        ok = [r for r in rs if r["side"] == "hvrt_dask" and r["dcr"] >= NON_COPYING_DCR
+              and r["strategy"] != DECIMALS_VARIANT]
         best = min(ok, key=lambda r: abs(r["auc"] - 0.5)) if ok else None
         gap, bgap = abs(ours["auc"] - 0.5), abs(best["auc"] - 0.5) if best else float("nan")
         out.append(f"| {t} | {ours['auc']:.3f} {'✓' if ours['auc'] <= 0.75 else '✗'} | "

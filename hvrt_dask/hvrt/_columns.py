@@ -18,12 +18,26 @@ Every column gets one kind:
 ``continuous``
     Everything else.
 
+Decimals (the resolution a column was recorded at): the smallest ``p`` such that every value
+of the column is the float nearest to a number with ``p`` decimal digits, i.e. equals
+``numpy.round(x, p)`` in the column's own dtype (an exact test: a value read from ``p``-decimal
+text rounds back to itself). ``integer`` is the ``p = 0`` case, and the decoder rounds both
+with ``numpy.round(x, p)``. With ``hvrt.types.max-decimals`` set (default null: off), an
+auto-typed ``continuous`` column with ``1 <= p <= max-decimals`` keeps its resolution: its
+synthetic values are rounded to ``p`` decimals instead of carrying digits the real table never
+has. Off by default because on a small table recorded on a coarse grid rounding turns
+near-copies into exact copies of real rows (docs/hvrt.md, "Recorded decimals"). A grid
+``p >= 1`` is only recognised while ``max|x| * 10**p`` stays below the dtype's exact-integer
+range (``2**52`` for float64, ``2**23`` for float32): beyond it every float is trivially "on
+the grid". An explicit ``"continuous"`` is never rounded.
+
 Ranges and atoms (by default): synthetic values of the generated kinds are clipped to the
 column's observed ``[min, max]``; and a value holding at least ``hvrt.types.atom-share`` of a
 ``continuous``/``integer`` column (zeros of zero-inflated data, a cap) is an *atom*: a synthetic
 row whose base row holds an atom keeps it, the other rows are clipped to the range of the
-non-atom values. Budgets follow partition sizes, so the atom share of the output matches the
-real share up to sampling noise.
+non-atom values and never take an atom value (a rounded or snapped value that lands on one
+moves to the nearest non-atom grid value or level). Budgets follow partition sizes, so the
+atom share of the output matches the real share up to sampling noise.
 
 Detection reads a bounded, strided head of the tree sample first and touches the full column
 only for candidates (few distinct values), so typing costs O(d · 2048) on continuous data.
@@ -75,6 +89,16 @@ def max_discrete() -> int:
     return int(v)
 
 
+def max_decimals() -> int | None:
+    """``hvrt.types.max-decimals``: the finest grid (``10**-p``) an auto ``continuous`` column keeps (None: none)."""
+    v = config.get("types.max-decimals", None)
+    if v is None:
+        return None
+    if isinstance(v, bool) or int(v) != v or not 0 <= int(v) <= 15:
+        raise ValueError(f"hvrt.types.max-decimals must be an integer in [0, 15] or null, got {v!r}")
+    return int(v)
+
+
 def atom_threshold() -> float | None:
     """``hvrt.types.atom-share``: the share that makes a value an atom (None: no atoms)."""
     v = config.get("types.atom-share", 0.05)
@@ -108,6 +132,9 @@ class ColumnTypes:
         (exact when ``n`` ≤ the tree sample size, else measured on the sample).
     free_lo, free_hi : ndarray
         Range of the non-atom values (``lo``/``hi`` for columns without atoms).
+    decimals : dict of int to int
+        Decimals synthetic values are rounded to: 0 for ``integer`` columns, ``p >= 1`` for
+        auto-typed ``continuous`` columns recorded on a ``10**-p`` grid.
     """
 
     kinds: tuple[str, ...]
@@ -118,6 +145,7 @@ class ColumnTypes:
     shares: dict[int, np.ndarray] = field(default_factory=dict)
     free_lo: np.ndarray | None = None
     free_hi: np.ndarray | None = None
+    decimals: dict[int, int] = field(default_factory=dict)
 
     def mask(self, *kinds: str) -> np.ndarray:
         return np.array([k in kinds for k in self.kinds], dtype=bool)
@@ -144,7 +172,8 @@ class ColumnTypes:
             categorical=self.categorical,
             constant=self.constant,
             constant_values=self.lo[self.constant],
-            integer=np.flatnonzero(self.mask("integer")),
+            decimals=tuple((p, np.array(sorted(j for j, q in self.decimals.items() if q == p), dtype=np.int64))
+                           for p in sorted(set(self.decimals.values()))),
             discrete=tuple((j, self.levels[j]) for j in sorted(self.levels)),
             atoms=tuple((int(j), self.atoms[j]) for j in atom_cols),
             lo=self.lo[gen] if clip else None,
@@ -162,7 +191,7 @@ class Decoder:
     categorical: np.ndarray
     constant: np.ndarray
     constant_values: np.ndarray
-    integer: np.ndarray
+    decimals: tuple[tuple[int, np.ndarray], ...]
     discrete: tuple[tuple[int, np.ndarray], ...]
     atoms: tuple[tuple[int, np.ndarray], ...]
     lo: np.ndarray | None
@@ -184,15 +213,30 @@ class Decoder:
                 per_column(np.maximum, out, self.lo)
             else:
                 out[:, gen] = np.clip(out[:, gen], self.lo, self.hi)
+        # A non-atom row never takes an atom value (atoms keep their share): the value it
+        # rounds or snaps to is replaced by the nearest non-atom grid value / level.
+        free_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, (j, values) in enumerate(self.atoms):
             keep = np.isin(base[:, j], values)
             if self.free_lo is not None:
                 np.clip(out[:, j], self.free_lo[k], self.free_hi[k], out=out[:, j])
             out[keep, j] = base[keep, j]
-        if len(self.integer):
-            out[:, self.integer] = np.rint(out[:, self.integer])
+            free_rows[j] = (~keep, values)
+        grid = {int(j): p for p, cols in self.decimals for j in cols}
+        raw = {j: out[:, j].copy() for j in free_rows if j in grid}
+        for p, cols in self.decimals:  # p = 0: integers (np.round(x, 0) is np.rint)
+            out[:, cols] = np.round(out[:, cols], p)
+        for j, x in raw.items():
+            rows, values = free_rows[j]
+            out[rows, j] = off_atoms(out[rows, j], x[rows], values, grid[j])
         for j, levels in self.discrete:
-            out[:, j] = snap(out[:, j], levels)
+            if j in free_rows:
+                rows, values = free_rows[j]
+                free_levels = levels[~np.isin(levels, values)]
+                out[~rows, j] = snap(out[~rows, j], levels)
+                out[rows, j] = snap(out[rows, j], free_levels if len(free_levels) else levels)
+            else:
+                out[:, j] = snap(out[:, j], levels)
         if len(self.categorical):
             out[:, self.categorical] = base[:, self.categorical]
         if len(self.constant):
@@ -224,6 +268,32 @@ def per_column(ufunc: np.ufunc, a: np.ndarray, v: np.ndarray) -> np.ndarray:
     return a
 
 
+def off_atoms(x: np.ndarray, raw: np.ndarray, atoms: np.ndarray, p: int) -> np.ndarray:
+    """Values of ``x`` (on the ``10**-p`` grid) that equal an atom moved to the nearest grid
+    value that is not one; ties go to the side of ``raw`` (the value before rounding).
+
+    A run of consecutive atoms is at most ``len(atoms)`` long, so ``len(atoms) + 1`` steps
+    reach a free value on either side; with clipping, the free range's ends are non-atom
+    observed values outside every such run, so the result stays inside it.
+    """
+    hit = np.isin(x, atoms)
+    if not hit.any():
+        return x
+    scale = 10.0**p
+    u = np.rint(x[hit] * scale)
+    side = np.where(raw[hit] * scale >= u, 1.0, -1.0)
+    blocked = np.rint(np.asarray(atoms) * scale)
+    todo = np.ones(len(u), dtype=bool)
+    res = u.copy()
+    for k in range(1, len(blocked) + 2):
+        for cand in (u + side * k, u - side * k):
+            ok = todo & ~np.isin(cand, blocked)
+            res[ok], todo[ok] = cand[ok], False
+    x = x.copy()
+    x[hit] = res / scale  # the float nearest the decimal, as numpy.round gives it
+    return x
+
+
 def snap(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """Each value of ``x`` replaced by the nearest of the sorted ``levels`` (ties go down)."""
     if len(levels) == 1:
@@ -238,7 +308,7 @@ def resolve(
     sample: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
-    integral: np.ndarray,
+    decimals: np.ndarray,
     integer_dtype: np.ndarray,
     unique_of: Callable[[list[int]], list[np.ndarray]],
 ) -> ColumnTypes:
@@ -253,8 +323,8 @@ def resolve(
         The tree sample (all rows when n is at most the sample size), raw codes.
     lo, hi : ndarray (d,)
         Exact per-column min / max over all rows.
-    integral : ndarray of bool (d,)
-        Whether every value of the column is integral (all rows).
+    decimals : ndarray of int (d,)
+        :func:`decimals_of` over all rows (``0``: integral; ``OFF_GRID``: no grid).
     integer_dtype : ndarray of bool (d,)
         Whether the input dtype is an integer (or bool) dtype.
     unique_of : callable
@@ -277,9 +347,17 @@ def resolve(
     for j, u in zip(candidates, unique_of(candidates)):
         if kinds[j] == "discrete" or len(u) <= k_max:
             kinds[j], levels[j] = "discrete", np.asarray(u, dtype=np.float64)
+    p_max = max_decimals()
+    rounded: dict[int, int] = {}
     for j in range(d):
-        if kinds[j] == "auto":
-            kinds[j] = "integer" if (integer_dtype[j] or integral[j]) else "continuous"
+        auto = kinds[j] == "auto"
+        if auto:
+            kinds[j] = "integer" if (integer_dtype[j] or decimals[j] == 0) else "continuous"
+        p = int(decimals[j])
+        if kinds[j] == "integer":
+            rounded[j] = 0
+        elif auto and kinds[j] == "continuous" and p_max is not None and 1 <= p <= p_max:
+            rounded[j] = p
     atoms, shares = {}, {}
     free_lo, free_hi = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
     if thr is not None:
@@ -299,16 +377,49 @@ def resolve(
                 if len(free):
                     free_lo[j], free_hi[j] = free.min(), free.max()
     return ColumnTypes(tuple(kinds), np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64),
-                       levels, atoms, shares, free_lo, free_hi)
+                       levels, atoms, shares, free_lo, free_hi, rounded)
 
 
-def integral_columns(values: np.ndarray, sample: np.ndarray) -> np.ndarray:
-    """Per column: are all values integral? (In-memory data; the head of ``sample`` screens first.)"""
-    head = sample[:: max(1, len(sample) // _HEAD_ROWS)][:_HEAD_ROWS]
-    out = np.all(head == np.rint(head), axis=0)
-    for j in np.flatnonzero(out):
-        col = values[:, j]
-        out[j] = bool(np.all(col == np.rint(col)))
+#: Rows of a block that screen a column before the whole column is checked.
+_SCREEN_ROWS = 64
+#: ``decimals_of`` result for a column on no grid up to the limit.
+OFF_GRID = 127
+
+
+def decimals_of(block: np.ndarray, max_p: int, dtypes: Sequence[np.dtype]) -> np.ndarray:
+    """Per column, the smallest ``p`` in ``0..max_p`` with ``x == numpy.round(x, p)`` for every value.
+
+    ``OFF_GRID`` where there is none. Each column is tested in its own (floating) dtype, so a
+    float32 column read from ``p``-decimal text is recognised. ``p = 0`` is exact integrality,
+    whatever the magnitude; ``p >= 1`` counts only while ``max|x| * 10**p`` is below the
+    dtype's exact-integer range (``2**52`` for float64, ``2**23`` for float32), where a float
+    still resolves the grid (beyond it every float is trivially on it). Returns shape
+    ``(1, d)`` (int8) so that the blocks of a dask array reduce with ``max``: grids nest (``p``
+    implies ``p + 1``) and the magnitude test of the whole column fails in its largest block.
+    """
+    d = block.shape[1]
+    out = np.full((1, d), OFF_GRID, dtype=np.int8)
+    left = list(range(d))
+    big: dict[int, float] = {}  # max|x|, computed only for columns that pass a screen at p >= 1
+    with np.errstate(over="ignore", invalid="ignore"):
+        for p in range(max_p + 1):
+            still = []
+            for j in left:
+                dt = np.dtype(dtypes[j])
+                narrow = np.issubdtype(dt, np.floating) and dt.itemsize < 8
+                head = block[:_SCREEN_ROWS, j].astype(dt if narrow else np.float64)
+                ok = np.array_equal(head, np.round(head, p))  # cheap screen: most continuous columns fail here
+                if ok and p:
+                    if j not in big:
+                        big[j] = float(np.max(np.abs(block[:, j]), initial=0.0))
+                    if big[j] * 10.0**p >= 2.0 ** (np.finfo(dt).nmant if narrow else 52):
+                        continue  # finer grids are even less meaningful: off grid
+                col = block[:, j].astype(dt) if ok and narrow else block[:, j]
+                if ok and np.array_equal(col, np.round(col, p)):
+                    out[0, j] = p
+                else:
+                    still.append(j)
+            left = still
     return out
 
 

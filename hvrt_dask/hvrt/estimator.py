@@ -178,7 +178,10 @@ class _HVRTBase(BaseEstimator):
             ``"discrete"``, ``"categorical"`` or ``"constant"`` (see
             :mod:`hvrt_dask.hvrt._columns`). ``"auto"``: pandas category/bool/string/object →
             categorical; numeric with at most ``hvrt.types.max-discrete`` distinct values →
-            discrete; integer dtypes and all-integral floats → integer; one value → constant.
+            discrete; integer dtypes and all-integral floats → integer; one value → constant;
+            other floats → continuous; with ``hvrt.types.max-decimals`` set (default off),
+            rounded to their recorded decimals when every value lies on a ``10**-p`` grid
+            with ``p <= max-decimals`` (``column_types_.decimals``).
 
         Returns
         -------
@@ -203,15 +206,20 @@ class _HVRTBase(BaseEstimator):
         seed = _resolve_seed(self.random_state)
         y_arr = self._check_y(y, n)
         lazy = isinstance(values, da.Array)
-        # One pass: finiteness, range, moments, integrality, and the tree sample (all rows
-        # when n <= s).
+        # One pass: finiteness, range, moments, decimals (integrality is p = 0), and the tree
+        # sample (all rows when n <= s).
         sample_idx = _tree.sample_rows(n, s_size, seed) if n > s_size else None
+        max_p = _columns.max_decimals() or 0
         if lazy:
             finite = da.isfinite(values).all(axis=0)
             Xs_lazy = values if sample_idx is None else values[sample_idx]
-            finite, lo, hi, mean, std, integral, Xs = dask.compute(
+            decimals = values.map_blocks(
+                _columns.decimals_of, max_p, spec.dtypes, dtype=np.int8,
+                chunks=((1,) * values.numblocks[0], values.chunks[1]),
+            ).max(axis=0)
+            finite, lo, hi, mean, std, decimals, Xs = dask.compute(
                 finite, values.min(axis=0), values.max(axis=0), values.mean(axis=0),
-                values.std(axis=0), (values == da.round(values)).all(axis=0), Xs_lazy,
+                values.std(axis=0), decimals, Xs_lazy,
             )
             if not finite.all():
                 raise ValueError(f"X contains NaN or infinite values in column(s) {', '.join(_col_names(spec, np.flatnonzero(~finite)))}")
@@ -223,14 +231,14 @@ class _HVRTBase(BaseEstimator):
             with np.errstate(over="ignore", invalid="ignore"):
                 mean, std = values.mean(axis=0), values.std(axis=0)
             Xs = values if sample_idx is None else values[sample_idx]
-            integral = _columns.integral_columns(values, Xs)
+            decimals = _columns.decimals_of(values, max_p, spec.dtypes)[0]
 
         def unique_of(cols: list[int]) -> list[np.ndarray]:
             if lazy:
                 return list(dask.compute(*[da.unique(values[:, j]) for j in cols]))
             return [np.unique(values[:, j]) for j in cols]
 
-        types = _columns.resolve(spec.feature_types, Xs, lo, hi, integral, spec.integer_mask, unique_of)
+        types = _columns.resolve(spec.feature_types, Xs, lo, hi, decimals, spec.integer_mask, unique_of)
         spec.feature_types = list(types.kinds)
         if len(types.constant) == d:
             raise ValueError(f"every column of X is constant ({', '.join(_col_names(spec, range(d)))}); nothing to model")

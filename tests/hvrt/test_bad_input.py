@@ -165,7 +165,7 @@ def test_wide_short_fit_checked_before_any_pass(monkeypatch):
         pytest.fail("the data were scanned before the (n, d) check")
 
     monkeypatch.setattr(_columns, "resolve", boom)
-    monkeypatch.setattr(_columns, "integral_columns", boom)
+    monkeypatch.setattr(_columns, "decimals_of", boom)
     X = np.random.default_rng(0).standard_normal((50, 5000))
     with pytest.raises(ValueError, match="X has 50 rows.*min_samples_leaf = 10004"):
         HVRT().fit(X)

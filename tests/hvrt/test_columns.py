@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from hvrt_dask.hvrt import HVRT
-from hvrt_dask.hvrt._columns import snap
+from hvrt_dask.hvrt._columns import OFF_GRID, snap
 
 
 def _mixed(n=3000, seed=0):
@@ -165,3 +165,163 @@ def test_per_column_matches_broadcasting(rows):
     v = rng.standard_normal(7)
     for uf in (np.multiply, np.add, np.minimum, np.maximum):
         np.testing.assert_array_equal(per_column(uf, a.copy(), v), uf(a, v))
+
+
+# ---------------------------------------------------------------- decimals (recorded resolution)
+def _repr_decimals(x, dtype=np.float64) -> int:
+    """Reference: the digits after the point of the shortest text that reads back as ``x``
+    (Python's / numpy's round-trip ``repr``), i.e. the resolution the value was recorded at."""
+    from decimal import Decimal
+
+    exp = Decimal(repr(float(x)) if dtype == np.float64 else str(np.dtype(dtype).type(x))).normalize().as_tuple().exponent
+    return max(0, -exp)
+
+
+def _col_decimals_ref(col, max_p, dtype=np.float64):
+    p = max(_repr_decimals(v, dtype) for v in col)
+    return p if p <= max_p else OFF_GRID
+
+
+def test_decimals_of_matches_recorded_text():
+    from hvrt_dask.hvrt._columns import decimals_of
+
+    rng = np.random.default_rng(7)
+    cols = {
+        "grid 0.1": np.round(rng.uniform(4, 8, 500), 1),
+        "grid 0.01, negative": np.round(rng.normal(-30, 20, 500), 2),
+        "grid 0.001, one off-grid value": np.round(rng.uniform(0, 1, 500), 3),
+        "integral": np.round(rng.normal(0, 1e3, 500)),
+        "5 decimals (beyond 4)": np.round(rng.uniform(0, 1, 500), 5),
+        "continuous": rng.standard_normal(500),
+        "text 0.0001": np.array([float(f"{v:.4f}") for v in rng.uniform(-5, 5, 500)]),
+    }
+    off = cols["grid 0.001, one off-grid value"]
+    off[321] = round(off[321] + 0.0004, 4)  # one value recorded finer, past the head screen
+    X = np.column_stack(list(cols.values()))
+    got = decimals_of(X, 4, [np.dtype(np.float64)] * X.shape[1])[0]
+    ref = [_col_decimals_ref(c, 4) for c in cols.values()]
+    assert got.tolist() == ref, dict(zip(cols, got))
+    assert ref[:5] == [1, 2, 4, 0, OFF_GRID]  # the one finer value moves the column to a finer grid
+    off[321] += 1e-9  # and one value on no grid at all takes it off grid
+    assert decimals_of(off[:, None], 4, [np.dtype(np.float64)])[0].tolist() == [OFF_GRID]
+
+
+def test_decimals_of_huge_values_and_float32():
+    from hvrt_dask.hvrt._columns import decimals_of
+
+    rng = np.random.default_rng(8)
+    g = np.round(rng.uniform(0, 100, 400), 1)
+    X = np.column_stack([
+        g + 2.0**40,  # on the 0.1 grid as text, but 2**40 * 10 is still exact: kept
+        np.round(rng.uniform(0, 9, 400) * 1e15),  # integral beyond 2**52: p = 0 as before
+        2.0**50 + rng.integers(0, 40, 400) * 0.25,  # float spacing 0.25: too coarse to hold a 0.1 grid
+        np.round(rng.uniform(-9, 9, 400), 2).astype(np.float32).astype(np.float64),  # float32 column
+    ])
+    dts = [np.dtype(np.float64)] * 3 + [np.dtype(np.float32)]
+    got = decimals_of(X, 4, dts)[0].tolist()
+    # the 2**50 column reads back from 1-decimal text, yet 10 * 2**50 > 2**52: off grid, not "every grid"
+    assert got[1] == 0 and got[2] == OFF_GRID and _col_decimals_ref(X[:, 2], 4) == 1 and got[3] == 2
+    assert got[0] == _col_decimals_ref(X[:, 0], 4)
+    # the float32 column is not on a decimal grid in float64: tested in its own dtype
+    assert decimals_of(X[:, 3:], 4, [np.dtype(np.float64)])[0].tolist() == [OFF_GRID]
+    assert _col_decimals_ref(X[:, 3], 4, np.float32) == 2
+
+
+def _grid_table(n=2000, seed=9):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 3))
+    return pd.DataFrame({
+        "length_cm": np.round(5.8 + 0.8 * z[:, 0], 1),
+        "delta": np.round(-3 + 2 * z[:, 1] + z[:, 0], 3),  # negative, 3 decimals
+        "ratio": np.round(np.exp(0.3 * z[:, 2]), 5),  # 5 decimals: beyond max-decimals 4
+        "mass": np.round(50 + 10 * z[:, 2], 2).astype(np.float32),
+        "x": z[:, 2] + 0.1 * z[:, 0],
+    })
+
+
+DECIMALS_ON = {"hvrt.types.max-decimals": 4}
+
+
+def test_grid_columns_keep_their_resolution():
+    df = _grid_table()
+    with dask.config.set(DECIMALS_ON):
+        m = HVRT(random_state=0).fit(df)
+    assert m.column_types_.kinds == ("continuous",) * 5
+    assert m.column_types_.decimals == {0: 1, 1: 3, 3: 2}
+    out = m.expand(6000)
+    assert out["mass"].dtype == np.float32
+    for c, p in [("length_cm", 1), ("delta", 3), ("mass", 2)]:
+        dt = np.float32 if c == "mass" else np.float64
+        assert max(_repr_decimals(v, dt) for v in out[c].to_numpy()) <= p, c
+        assert out[c].nunique() > 20 and out[c].between(df[c].min(), df[c].max()).all(), c
+    for c in ["ratio", "x"]:  # not rounded: finer than the limit / no grid
+        assert max(_repr_decimals(v) for v in out[c].to_numpy()[:200]) > 5, c
+
+
+def test_grid_detection_config_and_override(sync_scheduler):
+    df = _grid_table()
+    assert HVRT(random_state=0).fit(df).column_types_.decimals == {}  # off by default: no rounding
+    with dask.config.set({"hvrt.types.max-decimals": 5}):
+        assert HVRT(random_state=0).fit(df).column_types_.decimals == {0: 1, 1: 3, 2: 5, 3: 2}
+    with dask.config.set({"hvrt.types.max-decimals": 1}):
+        assert HVRT(random_state=0).fit(df).column_types_.decimals == {0: 1}
+    with dask.config.set({"hvrt.types.max-decimals": None}):
+        m = HVRT(random_state=0).fit(df)
+        assert m.column_types_.decimals == {}
+        assert m.expand(200)["length_cm"].nunique() > 150  # continuous draws, unrounded
+    with dask.config.set({"hvrt.types.max-decimals": -1}), pytest.raises(ValueError, match="max-decimals"):
+        HVRT(random_state=0).fit(df)
+    # explicit kinds win: "continuous" is never rounded; "integer" rounds to 0 decimals
+    with dask.config.set(DECIMALS_ON):
+        m = HVRT(random_state=0).fit(df, feature_types=["continuous", "integer", "auto", "auto", "auto"])
+    assert m.column_types_.decimals == {1: 0, 3: 2}
+    out = m.expand(1000)
+    assert out["length_cm"].nunique() > 500 and (out["delta"] == np.round(out["delta"])).all()
+    # lazy input: the same decimals from the per-block reduction (several row blocks)
+    X = df.to_numpy(dtype=np.float64)
+    with dask.config.set(DECIMALS_ON):
+        lazy = HVRT(random_state=0).fit(da.from_array(X, chunks=(300, 5)))
+        assert lazy.column_types_.decimals == HVRT(random_state=0).fit(X).column_types_.decimals == {0: 1, 1: 3}
+
+
+@pytest.mark.parametrize("kind", ["integer", "grid 0.1", "discrete"])
+def test_interior_atom_keeps_its_share_after_rounding(kind):
+    """An atom inside the range: non-atom rows that round/snap onto it would inflate its share."""
+    rng = np.random.default_rng(10)
+    n = 6000
+    z = rng.standard_normal((n, 4)) * 3  # the tree splits on these, so partitions mix the values of v
+    top = 24 if kind != "discrete" else 15  # 25 integer values / 16 levels, each well under 5 %
+    v = np.floor(rng.random(n) * (top + 1))
+    atom = 10.0
+    v[rng.random(n) < 0.3] = atom
+    if kind == "grid 0.1":
+        v, atom = np.round(v / 10, 1), atom / 10
+    X = np.column_stack([z, v])
+    with dask.config.set(DECIMALS_ON):
+        m = HVRT(random_state=0).fit(X)
+    assert m.column_types_.kinds[4] == {"integer": "integer", "grid 0.1": "continuous", "discrete": "discrete"}[kind]
+    assert m.column_types_.atoms[4].tolist() == [atom]
+    out = m.expand(60000)
+    # without the rule: 1.7 pp too many on the integer column (0.15 pp with it)
+    assert abs(float((out[:, 4] == atom).mean()) - float((v == atom).mean())) < 0.01
+    assert set(np.unique(out[:, 4])) <= set(np.unique(v))
+
+
+def test_off_atoms_moves_to_nearest_free_grid_value():
+    from hvrt_dask.hvrt._columns import off_atoms
+
+    atoms = np.array([3.0, 3.1, 5.0])
+    x = np.array([3.0, 3.0, 3.1, 3.1, 5.0, 2.9, 4.4])
+    raw = np.array([3.04, 2.96, 3.13, 3.06, 4.97, 2.9, 4.4])
+    # reference: brute force over the grid, nearest free value, ties towards raw
+    grid = np.round(np.arange(0, 100) / 10, 1)
+    free = grid[~np.isin(grid, atoms)]
+    ref = []
+    for xi, ri in zip(x, raw):
+        if xi not in atoms:
+            ref.append(xi)
+            continue
+        d = np.abs(free - xi)
+        best = free[np.isclose(d, d.min())]
+        ref.append(best[np.argmin(np.abs(best - ri))])
+    np.testing.assert_array_equal(off_atoms(x, raw, atoms, 1), np.array(ref))
