@@ -31,7 +31,7 @@ def pytest_addoption(parser):
                           "processes are not traced by mutmut, and a cluster per mutant is slow)")
 
 
-CLUSTER_FIXTURES = {"cluster", "client", "real_cluster"}
+CLUSTER_FIXTURES = {"cluster", "client", "real_cluster", "one_worker_cluster"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,6 +63,23 @@ def cluster():
         yield lc
 
 
+@pytest.fixture(scope="session")
+def one_worker_cluster():
+    """A real one-process LocalCluster, shared by the tests that compare one worker with two
+    (a worker's imports, torch among them, are paid once instead of per test)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        memory_limit="2GiB",
+    ) as lc:
+        yield lc
+
+
 @pytest.fixture
 def client(cluster):
     """A Client on the session cluster, set as the default scheduler for this test only."""
@@ -79,10 +96,11 @@ def sync_scheduler():
         yield
 
 
-@pytest.fixture
-def real_cluster(tmp_path):
-    """Scheduler + 2 workers as separate processes (own process groups, torn down after)."""
-    sched_file = tmp_path / "scheduler.json"
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory):
+    """Scheduler + 2 workers as separate processes (own process groups, torn down after the
+    session): started once for the tests that use them (three process starts each otherwise)."""
+    sched_file = tmp_path_factory.mktemp("real-cluster") / "scheduler.json"
     dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
     procs = []
 

@@ -57,15 +57,15 @@ def test_sync_vs_distributed(client):
         np.testing.assert_array_equal(x, y)
 
 
-def test_one_vs_two_workers(cluster):
-    from distributed import Client, LocalCluster
+def test_one_vs_two_workers(cluster, one_worker_cluster):
+    from distributed import Client
 
     X = _X(seed=2)
     with Client(cluster, set_as_default=True):
         assert len(cluster.workers) == 2
         _, two = _run(X, 500, "bootstrap_noise", input_chunks=900)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, memory_limit="2GiB") as lc1, Client(lc1, set_as_default=True):
+    with Client(one_worker_cluster, set_as_default=True):
+        assert len(one_worker_cluster.workers) == 1
         _, one = _run(X, 500, "bootstrap_noise", input_chunks=900)
     for x, y in zip(two, one):
         np.testing.assert_array_equal(x, y)

@@ -21,8 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONTENDER = textwrap.dedent("""
     import os, sys, time
     from pipelines import locks
-    lock, inside, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    while time.time() < go:
+    lock, inside, ready, go = sys.argv[1:5]
+    open(ready, "w").close()  # imported: waiting at the barrier
+    while not os.path.exists(go):
         time.sleep(0.001)
     try:
         with locks.hold(lock, "test"):
@@ -47,9 +48,17 @@ def test_stampede_on_a_stale_lock_never_two_holders(tmp_path):
     held_total = 0
     for trial in range(6):
         lock.write_text(json.dumps({"pid": 999999, "host": socket.gethostname(), "since": "dead"}))
-        go = time.time() + 1.5
-        procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(lock), str(tmp_path / "inside"), str(go)],
-                                  stdout=subprocess.PIPE, text=True, env=env) for _ in range(6)]
+        # a barrier: all six start contending within a millisecond of the go file appearing,
+        # however long their imports took (no fixed head start to guess)
+        ready = [tmp_path / f"ready-{trial}-{i}" for i in range(6)]
+        go = tmp_path / f"go-{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(lock), str(tmp_path / "inside"), str(r), str(go)],
+                                  stdout=subprocess.PIPE, text=True, env=env) for r in ready]
+        deadline = time.time() + 60
+        while not all(r.exists() for r in ready) and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), "a contender died before the barrier"
+            time.sleep(0.005)
+        go.touch()
         outs = [p.communicate(timeout=60)[0].strip() for p in procs]
         assert all(p.returncode == 0 for p in procs), outs
         assert "TWO HOLDERS" not in outs

@@ -132,11 +132,10 @@ def test_two_workers_distributed(data, baseline, tmp_path, client):
     assert_same(open_output(r.path).load(), baseline)
 
 
-def test_one_worker_distributed(data, baseline, tmp_path):
-    from distributed import Client, LocalCluster
+def test_one_worker_distributed(data, baseline, tmp_path, one_worker_cluster):
+    from distributed import Client
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as lc, \
-            Client(lc) as c:
+    with Client(one_worker_cluster) as c:
         r = extract_features(data["store"], data["sae"], tmp_path / "o", top_k=K, prefix=PRE, suffix=SUF,
                              chunk_samples=12, split_every=2, client=c, progress=False)
     assert len(r.workers) == 1

@@ -120,11 +120,10 @@ def test_two_workers_identical(data, baseline, tmp_path, client):
     assert_same(load(r.path), baseline)
 
 
-def test_one_worker_identical(data, baseline, tmp_path):
-    from distributed import Client, LocalCluster
+def test_one_worker_identical(data, baseline, tmp_path, one_worker_cluster):
+    from distributed import Client
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as lc, \
-            Client(lc) as c:
+    with Client(one_worker_cluster) as c:
         r = run(data, tmp_path / "o", chunk_samples=12, split_every=2, feature_block=16, client=c)
     assert len(r.workers) == 1
     assert_same(load(r.path), baseline)
