@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import dask
 import pytest
@@ -34,11 +35,34 @@ def pytest_addoption(parser):
 CLUSTER_FIXTURES = {"cluster", "client", "real_cluster", "one_worker_cluster"}
 
 
+# Session resources (clusters, a browser) are released right after the last test that uses
+# them instead of at the end of the session: idle worker processes still cost ~5 % of a core
+# each in heartbeats, which on a 2-core machine slows every later test.
+_LAST_USER: dict[str, str] = {}
+_RELEASE: dict[str, Callable[[], None]] = {}
+
+
+def release_after_last_use(name: str, close: Callable[[], None]) -> None:
+    """Register ``close`` (idempotent) to run once the last collected test using ``name`` is done."""
+    _RELEASE[name] = close
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    for name in set(getattr(item, "fixturenames", ())) & set(_RELEASE):
+        if _LAST_USER.get(name) == item.nodeid:
+            _RELEASE.pop(name)()
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--no-cluster"):
         keep = [i for i in items if not CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ()))]
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+    for item in items:  # the last collected user of every fixture (items run in this order)
+        for name in getattr(item, "fixturenames", ()):
+            _LAST_USER[name] = item.nodeid
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -60,6 +84,7 @@ def cluster():
         dashboard_address=None,
         memory_limit="4GiB",
     ) as lc:
+        release_after_last_use("cluster", lc.close)
         yield lc
 
 
@@ -77,6 +102,7 @@ def one_worker_cluster():
         dashboard_address=None,
         memory_limit="2GiB",
     ) as lc:
+        release_after_last_use("one_worker_cluster", lc.close)
         yield lc
 
 
@@ -104,6 +130,17 @@ def real_cluster(tmp_path_factory):
     dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
     procs = []
 
+    def stop() -> None:
+        for p in procs[::-1]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
     def start(*args):
         p = subprocess.Popen([dask_cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         procs.append(p)
@@ -125,14 +162,7 @@ def real_cluster(tmp_path_factory):
 
         with Client(address, timeout=60) as c:
             c.wait_for_workers(2, timeout=60)
+        release_after_last_use("real_cluster", stop)
         yield address, str(sched_file)
     finally:
-        for p in procs[::-1]:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop()
