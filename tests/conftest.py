@@ -71,39 +71,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _local_cluster(name: str, n_workers: int, memory_limit: str):
+    """A real multi-process LocalCluster on 127.0.0.1 (one thread per worker), released after
+    the last test that uses fixture ``name``."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit=memory_limit) as lc:
+        release_after_last_use(name, lc.close)
+        yield lc
+
+
 @pytest.fixture(scope="session")
 def cluster():
     """A real two-process LocalCluster bound to 127.0.0.1, shared by the whole session."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        memory_limit="4GiB",
-    ) as lc:
-        release_after_last_use("cluster", lc.close)
-        yield lc
+    yield from _local_cluster("cluster", 2, "4GiB")
 
 
 @pytest.fixture(scope="session")
 def one_worker_cluster():
     """A real one-process LocalCluster, shared by the tests that compare one worker with two
     (a worker's imports, torch among them, are paid once instead of per test)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        memory_limit="2GiB",
-    ) as lc:
-        release_after_last_use("one_worker_cluster", lc.close)
-        yield lc
+    yield from _local_cluster("one_worker_cluster", 1, "2GiB")
 
 
 @pytest.fixture
