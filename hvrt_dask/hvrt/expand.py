@@ -41,7 +41,7 @@ from hvrt_dask.hvrt._chunks import ChunkPartitions
 from hvrt_dask.hvrt._columns import Decoder, per_column
 from hvrt_dask.hvrt.generation import GENERATION_STRATEGIES, get_generation_strategy
 from hvrt_dask.hvrt._layout import permute_rows
-from hvrt_dask.hvrt.permutation import arrival_slots, block_bounds, permutation_table, settle, shuffle_block_rows
+from hvrt_dask.hvrt.permutation import all_arrival_slots, block_bounds, settle, shuffle_block_rows
 from hvrt_dask.hvrt.partitioned import active_client, external
 
 _NAMED_BW = ("scott", "silverman")
@@ -202,17 +202,6 @@ class _Post:
         return out
 
 
-def _arrival_slots(seed: int, call: int, n: int, block: int) -> np.ndarray:
-    """Arrival slot of every canonical row (:func:`.permutation.arrival_slots`), block by block."""
-    bounds = block_bounds(n, block)
-    table = permutation_table(seed, call, n, block)
-    parts = map_local(
-        lambda s: arrival_slots(seed, call, int(bounds[s]), int(bounds[s + 1]), bounds, [table[:, s]]),
-        len(bounds) - 1, n,
-    )
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-
 def _gen_chunk(Xraw, ctx, strategy, b, table, seed, call, post) -> np.ndarray:
     rngs = [generator(seed, "expand", call, int(pid)) for pid in table.ids]
     Z, base = strategy.generate(ctx, np.asarray(b, dtype=np.int64), rngs)
@@ -267,7 +256,7 @@ def expand_raw(
         # Chunks run on threads for large outputs; each writes disjoint rows of ``out``.
         # Global order in two cache-friendly passes: each chunk writes its rows into their
         # destination blocks in arrival order, then each block settles into its final order.
-        slots = _arrival_slots(seed, call, n, block) if shuffle == "global" else None
+        slots = all_arrival_slots(seed, call, n, block) if shuffle == "global" else None
         out = np.empty((n, spec.n_features), dtype=np.float64)
         offsets = np.concatenate([[0], np.cumsum(totals)]).astype(np.int64)
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from hvrt_dask import config
 from hvrt_dask._seeding import generator
+from hvrt_dask._threads import map_local
 
 _MARGINALS_LIMIT = 10**9  # numpy's hypergeometric needs populations below 1e9
 
@@ -129,13 +130,23 @@ def settle(block: np.ndarray, seed: int, call: int, t: int) -> None:
     np.take(block.copy(), destination_order(seed, call, t, len(block)), axis=0, out=block)  # a gather: cheaper than a scatter
 
 
+def all_arrival_slots(seed: int, call: int, n: int, block: int) -> np.ndarray:
+    """Arrival slot of every canonical row (:func:`arrival_slots`), one grid block per task."""
+    bounds = block_bounds(n, block)
+    table = permutation_table(seed, call, n, block)
+    parts = map_local(
+        lambda s: arrival_slots(seed, call, int(bounds[s]), int(bounds[s + 1]), bounds, [table[:, s]]),
+        len(bounds) - 1, n,
+    )
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
 def expand_permutation(seed: int, call: int, n: int, block: int) -> np.ndarray:
     """The whole permutation as one array: canonical row ``i`` goes to ``dest[i]`` (tests, docs)."""
     bounds = block_bounds(n, block)
-    table = permutation_table(seed, call, n, block)
     final = np.arange(int(n), dtype=np.int64)
     for t in range(len(bounds) - 1):
         settle(final[bounds[t]:bounds[t + 1]], seed, call, t)
     inverse = np.empty_like(final)
     inverse[final] = np.arange(int(n), dtype=np.int64)
-    return inverse[arrival_slots(seed, call, 0, int(n), bounds, [table[:, s] for s in range(len(bounds) - 1)])]
+    return inverse[all_arrival_slots(seed, call, n, block)]
